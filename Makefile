@@ -1,0 +1,37 @@
+# hashlearn: `make demo` runs the main job, `make test` runs the tests.
+# Both create the environment in .venv/ when it is missing (no internet needed beyond the
+# package registries; torch comes from this machine's pip cache / disk).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.hashlearn-installed
+
+.PHONY: demo test lint bench clean-venv system-data
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@$(MAKE) --no-print-directory system-data
+	@touch $(STAMP)
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist (real images, MIT licence). Optional:
+# without it the demo and tests fall back to scikit-learn's digits.
+system-data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "note: could not install dataset-fashion-mnist; using scikit-learn digits instead"; \
+	else echo "note: dataset-fashion-mnist not installed (needs root apt-get); using scikit-learn digits instead"; fi
+
+demo: $(STAMP)
+	$(BIN)/hashlearn demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+clean-venv:
+	rm -rf $(VENV)
