@@ -1,0 +1,288 @@
+"""Decode once, memory-map forever: the prepared-dataset cache.
+
+``prepare(name, source)`` decodes a dataset into ``<cache>/<key>/``::
+
+    images.npy          uint8 (N, H, W, C)         memory-mapped when opened
+    labels.npy          int64 (N,) or uint8 (N, C)
+    ids.npy             str (N,)
+    official_split.npy  str (N,)                   only when the source has one
+    manifest.json       counts, shapes, sha256 of each .npy file, source, options, format version
+
+``<key>`` is the dataset name (or ``as_name``), plus ``-<S>px`` when resized to ``S``.
+The cache root is ``$HASHLEARN_CACHE`` or ``~/.cache/hashlearn``.
+
+Safety: the folder is written under a hidden temporary name and renamed into place only once
+``manifest.json`` is complete, so a killed ``prepare`` leaves a ``.tmp-*`` folder that is never
+read, not a half cache that looks valid. :func:`open_prepared` always checks the format version,
+each file's byte size, dtype and shape against the manifest (cheap), and that a source archive
+still has the size and modification time it had when prepared; ``verify=True`` also recomputes
+the sha256 of every file. Any mismatch raises, naming the file, instead of returning stale data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashlearn import __version__
+from hashlearn.data.dataset import ImageDataset
+from hashlearn.data.loaders import DATASETS, default_source, load_dataset
+from hashlearn.data.sources import cache_root
+from hashlearn.errors import InputError, NotFoundError
+
+CACHE_FORMAT = "hashlearn-prepared-dataset"
+CACHE_VERSION = 1
+
+
+def cache_key(name: str, size: int | None = None) -> str:
+    return name.lower() if size is None else f"{name.lower()}-{size}px"
+
+
+def prepared_path(name: str, cache_dir: str | Path | None = None, size: int | None = None) -> Path:
+    """The folder that holds (or would hold) prepared dataset ``name``."""
+    return Path(cache_dir or cache_root()).expanduser() / cache_key(name, size)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _source_stamp(source: str | None) -> dict[str, Any] | None:
+    """Size and mtime of a source *file* (folders are not stamped: walking them costs too much)."""
+    if not source:
+        return None
+    p = Path(source)
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def prepare(
+    name: str,
+    source: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    size: int | None = None,
+    skip_bad: bool = False,
+    *,
+    as_name: str | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> ImageDataset:
+    """Decode dataset ``name`` once into the cache and return it memory-mapped.
+
+    ``as_name`` stores it under another name (e.g. a generic ``folder`` source as ``"flowers"``);
+    ``options`` go to the builder (e.g. ``mode="L"`` for a folder). An existing cache of the same
+    key is replaced atomically. Unreadable images raise :class:`InputError` naming the file, or
+    with ``skip_bad=True`` are left out and listed in ``manifest["skipped"]``.
+    """
+    DATASETS.get(name)  # unknown name → NotFoundError before any work
+    root = Path(cache_dir or cache_root()).expanduser()
+    key = cache_key(as_name or name, size)
+    final = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    started = time.perf_counter()
+    try:
+        allocated: list[np.ndarray] = []
+
+        def alloc(shape: tuple[int, ...]) -> np.ndarray:
+            array = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+            allocated.append(array)
+            return array
+
+        ds = load_dataset(name, source, size=size, skip_bad=skip_bad, progress=progress, alloc=alloc, **options)
+        _write_images(ds.images, allocated, tmp / "images.npy")
+        del allocated[:]
+        np.save(tmp / "labels.npy", np.ascontiguousarray(ds.labels))
+        np.save(tmp / "ids.npy", ds.ids)
+        if ds.official_split is not None:
+            np.save(tmp / "official_split.npy", ds.official_split)
+        source_used = ds.info.get("source") or (str(source) if source else None)
+        manifest = {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "hashlearn_version": __version__,
+            "name": as_name or ds.name,
+            "dataset": name.lower(),
+            "synthetic": "synthetic" in ds.name,
+            "source": source_used,
+            "source_stamp": _source_stamp(source_used),
+            "size": size,
+            "options": {
+                k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in options.items()
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "prepare_seconds": None,
+            "count": len(ds),
+            "image_shape": list(ds.image_shape),
+            "multilabel": ds.multilabel,
+            "class_names": ds.class_names,
+            "per_split": ds.split_counts(),
+            "per_class": ds.class_counts(),
+            "skipped": list(ds.info.get("skipped", [])),
+            "info": {k: v for k, v in ds.info.items() if k not in ("skipped",) and _jsonable(v)},
+            "arrays": {},
+        }
+        del ds
+        for f in sorted(tmp.glob("*.npy")):
+            arr = np.load(f, mmap_mode="r")
+            manifest["arrays"][f.stem] = {
+                "file": f.name,
+                "shape": list(arr.shape),
+                "dtype": arr.dtype.str,
+                "bytes": f.stat().st_size,
+                "sha256": sha256_file(f),
+            }
+            del arr
+        manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_prepared(as_name or name, cache_dir=root, size=size)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _write_images(images: np.ndarray, allocated: list[np.ndarray], path: Path) -> None:
+    """Make ``path`` hold exactly ``images`` (the builder may have returned a shorter view)."""
+    target = allocated[0] if allocated else None
+    if target is not None and images is target:
+        target.flush()
+        return
+    data = np.ascontiguousarray(images)
+    part = path.with_name("images.part.npy")
+    np.save(part, data)
+    del data, images
+    if target is not None:
+        target.flush()
+        del target
+    allocated.clear()
+    os.replace(part, path)
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(name: str, cache_dir: str | Path | None = None, size: int | None = None) -> dict[str, Any]:
+    """The manifest of a prepared dataset (raises :class:`NotFoundError` when it is not prepared)."""
+    folder = prepared_path(name, cache_dir, size)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        size_flag = f" --size {size}" if size else ""
+        raise NotFoundError(
+            f"dataset {name!r} is not prepared in {folder.parent}; run: hashlearn data prepare {name}{size_flag}"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        reason = f"unreadable manifest.json ({exc})"
+        raise InputError(f"prepared dataset {folder} has an {reason}; prepare it again") from None
+    return manifest
+
+
+def open_prepared(
+    name: str, cache_dir: str | Path | None = None, size: int | None = None, verify: bool = False
+) -> ImageDataset:
+    """Memory-map a prepared dataset back, after checking it against its manifest.
+
+    The cheap checks (format version, byte sizes, dtypes, shapes, source archive stamp) always
+    run; ``verify=True`` also recomputes the sha256 of every array file (about a second per GB).
+    """
+    folder = prepared_path(name, cache_dir, size)
+    manifest = read_manifest(name, cache_dir, size)
+    again = f"; run: hashlearn data prepare {name}" + (f" --size {size}" if size else "") + " again"
+
+    def stale(reason: str) -> InputError:
+        return InputError(f"prepared dataset {folder} is stale or corrupt: {reason}{again}")
+
+    if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
+        raise stale(f"cache format {manifest.get('format')} v{manifest.get('version')}, expected v{CACHE_VERSION}")
+    stamp = manifest.get("source_stamp")
+    src = manifest.get("source")
+    if stamp and src and Path(src).is_file() and _source_stamp(src) != stamp:
+        raise stale(f"source {src} changed since it was prepared")
+    arrays: dict[str, np.ndarray] = {}
+    for key, spec in manifest["arrays"].items():
+        path = folder / spec["file"]
+        if not path.exists():
+            raise stale(f"{spec['file']} is missing")
+        if path.stat().st_size != spec["bytes"]:
+            raise stale(f"{spec['file']} has {path.stat().st_size} bytes, manifest says {spec['bytes']}")
+        if verify and sha256_file(path) != spec["sha256"]:
+            raise stale(f"{spec['file']} does not match its sha256")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise stale(f"{spec['file']} is unreadable ({exc})") from None
+        if list(arr.shape) != spec["shape"] or arr.dtype.str != spec["dtype"]:
+            raise stale(
+                f"{spec['file']} is {arr.dtype.str} {list(arr.shape)}, manifest says {spec['dtype']} {spec['shape']}"
+            )
+        arrays[key] = arr
+    for required in ("images", "labels", "ids"):
+        if required not in arrays:
+            raise stale(f"{required}.npy is not in the manifest")
+    split = arrays.get("official_split")
+    return ImageDataset(
+        images=arrays["images"],
+        labels=np.array(arrays["labels"]),
+        ids=np.array(arrays["ids"]),
+        class_names=manifest["class_names"],
+        official_split=None if split is None else np.array(split),
+        name=manifest["name"],
+        info={
+            "source": manifest.get("source"),
+            "skipped": manifest.get("skipped", []),
+            "cache": str(folder),
+            "size": manifest.get("size"),
+        },
+    )
+
+
+def prepared_names(cache_dir: str | Path | None = None) -> list[str]:
+    """Keys of the prepared datasets in the cache (hidden temporary folders excluded)."""
+    root = Path(cache_dir or cache_root()).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / "manifest.json").exists())
+
+
+__all__ = [
+    "CACHE_VERSION",
+    "cache_key",
+    "default_source",
+    "open_prepared",
+    "prepare",
+    "prepared_names",
+    "prepared_path",
+    "read_manifest",
+]

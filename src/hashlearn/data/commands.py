@@ -1,0 +1,146 @@
+"""``hashlearn data list | prepare | info | split``.
+
+Only argparse and the standard library at import time; numpy, PIL and the loaders are
+imported by the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="list, prepare (decode once into a cache) and inspect datasets")
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(data))
+    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+    p = sub.add_parser("list", help="known dataset names, protocols and prepared datasets")
+    p.add_argument("--cache", metavar="DIR", help="cache folder (default: $HASHLEARN_CACHE or ~/.cache/hashlearn)")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("protocols", help="known split protocols (query / train / val / database rules)")
+    p.set_defaults(func=_protocols)
+
+    p = sub.add_parser("prepare", help="decode a dataset once into uint8 .npy memmaps + manifest.json")
+    p.add_argument("name", help="dataset name (see `hashlearn data list`)")
+    p.add_argument("--source", metavar="PATH", help="folder or archive to read (default: under $HASHLEARN_DATA)")
+    p.add_argument("--size", type=int, metavar="N", help="resize: shorter side to N, then centre crop NxN")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable images (and report them) instead of failing"
+    )
+    p.add_argument("--cache", metavar="DIR", help="cache folder (default: $HASHLEARN_CACHE or ~/.cache/hashlearn)")
+    p.add_argument("--as", dest="as_name", metavar="NAME", help="store under this name (e.g. for a generic folder)")
+    p.add_argument("--mode", choices=("RGB", "L"), help="colour mode for generic folder/csv sources")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("info", help="counts per split and per class of a prepared dataset")
+    p.add_argument("name")
+    p.add_argument("--size", type=int, metavar="N", help="the --size it was prepared with")
+    p.add_argument("--cache", metavar="DIR")
+    p.add_argument("--verify", action="store_true", help="also recompute the sha256 of every array")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("split", help="apply a protocol to a prepared dataset and save the split")
+    p.add_argument("name")
+    p.add_argument("--protocol", required=True, help="protocol name (see `hashlearn data list`)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, metavar="N")
+    p.add_argument("--cache", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="FILE", help="split file to write (.json or .npz)")
+    p.set_defaults(func=_split)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from hashlearn.data import DATASETS, PROTOCOLS, default_source, prepared_names
+
+    print("datasets:")
+    for name in DATASETS:
+        info = DATASETS.info(name)
+        src = default_source(name)
+        where = f"  [source: {src}]" if src else ""
+        print(f"  {name:26s} {info['summary']}{where}")
+    print("protocols:")
+    for name in PROTOCOLS:
+        print(f"  {name:26s} {PROTOCOLS.info(name)['summary']}")
+    prepared = prepared_names(args.cache)
+    print("prepared:", ", ".join(prepared) if prepared else "none")
+    return 0
+
+
+def _protocols(args: argparse.Namespace) -> int:
+    from hashlearn.data import PROTOCOLS
+
+    for name in PROTOCOLS:
+        print(f"{name:16s} {PROTOCOLS.info(name)['summary']}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from hashlearn.data import prepare
+
+    options = {"mode": args.mode} if args.mode else {}
+    started = time.perf_counter()
+    ds = prepare(
+        args.name,
+        source=args.source,
+        cache_dir=args.cache,
+        size=args.size,
+        skip_bad=args.skip_bad,
+        as_name=args.as_name,
+        progress=sys.stderr.isatty(),
+        **options,
+    )
+    seconds = time.perf_counter() - started
+    shape = "x".join(str(s) for s in ds.image_shape)
+    print(f"prepared {ds.name}: {len(ds):,} images {shape}, {ds.n_classes} classes, "
+          f"splits {ds.split_counts()} in {seconds:.1f} s -> {ds.info['cache']}")  # fmt: skip
+    skipped = ds.info.get("skipped") or []
+    if skipped:
+        print(
+            f"skipped {len(skipped)} unreadable image(s): "
+            + ", ".join(skipped[:5])
+            + (" ..." if len(skipped) > 5 else "")
+        )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from hashlearn.data import open_prepared
+
+    ds = open_prepared(args.name, cache_dir=args.cache, size=args.size, verify=args.verify)
+    summary = ds.summary()
+    summary["cache"] = ds.info["cache"]
+    summary["source"] = ds.info.get("source")
+    summary["skipped"] = len(ds.info.get("skipped") or [])
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    kind = "multi-label" if ds.multilabel else "single-label"
+    print(f"{ds.name}: {len(ds):,} images {'x'.join(map(str, ds.image_shape))}, {ds.n_classes} classes, {kind}")
+    print(f"  cache:  {summary['cache']}" + ("  (sha256 verified)" if args.verify else ""))
+    print(f"  source: {summary['source']}")
+    if summary["skipped"]:
+        print(f"  skipped when prepared: {summary['skipped']} unreadable image(s)")
+    splits = list(summary["per_split"])
+    width = max(len(c) for c in ds.class_names) + 2
+    print("  " + "class".ljust(width) + "".join(s.rjust(9) for s in splits) + "total".rjust(9))
+    for c in ds.class_names:
+        row = [summary["per_split_class"][s][c] for s in splits]
+        print("  " + c.ljust(width) + "".join(f"{v:9d}" for v in row) + f"{summary['per_class'][c]:9d}")
+    print("  " + "total".ljust(width) + "".join(f"{summary['per_split'][s]:9d}" for s in splits) + f"{len(ds):9d}")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from hashlearn.data import get_protocol, open_prepared
+
+    ds = open_prepared(args.name, cache_dir=args.cache, size=args.size)
+    split = get_protocol(args.protocol).split(ds, seed=args.seed)
+    path = split.save(args.out)
+    sizes = ", ".join(f"{k} {v:,}" for k, v in split.sizes.items())
+    print(f"{split.protocol} on {ds.name} (seed {split.seed}): {sizes}; sha256 {split.checksum[:12]} -> {path}")
+    return 0

@@ -1,0 +1,398 @@
+"""Retrieval protocols: named, seeded rules that cut a dataset into query / train / val / database.
+
+Every split has four index arrays into the dataset (each sorted ascending):
+
+* ``query`` — the images searched with at test time. Never used for fitting or model selection.
+* ``train`` — the images a method is *fitted* on.
+* ``val`` — a held-out slice of the protocol's training set (default 10 % of it, per class,
+  rounded half up),
+  for model selection (epochs, hyper-parameters). Model selection searches ``val`` queries
+  against ``train`` as the database (:meth:`Split.model_selection`), so the test queries are
+  never looked at before the final evaluation.
+* ``database`` — the images retrieved from at test time.
+
+The protocol's training set (what the papers call "training set", e.g. CIFAR-10's 5,000)
+is ``train ∪ val``; ``val_fraction=0`` gives ``train`` all of it.
+
+Draws use one ``numpy.random.default_rng(seed)`` in a fixed order (queries class by class,
+then training images class by class, then the validation slice), so the same seed, dataset and
+parameters always give the same split, and a different seed a different one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashlearn.data.dataset import ImageDataset
+from hashlearn.errors import InputError, NotFoundError
+from hashlearn.registry import Registry
+
+PROTOCOLS = Registry("protocol")
+SPLIT_PARTS = ("query", "train", "val", "database")
+SPLIT_FORMAT = "hashlearn-split"
+
+
+def _checksum(parts: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in SPLIT_PARTS:
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(parts[key], dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+@dataclass(eq=False)
+class Split:
+    """Index arrays of one protocol applied to one dataset with one seed (see the module docstring)."""
+
+    query: np.ndarray
+    train: np.ndarray
+    val: np.ndarray
+    database: np.ndarray
+    protocol: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    n_images: int = 0
+    dataset: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in SPLIT_PARTS:
+            setattr(self, key, np.asarray(getattr(self, key), dtype=np.int64))
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {key: len(getattr(self, key)) for key in SPLIT_PARTS}
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the four index arrays (little-endian int64, in the order query, train, val, database)."""
+        return _checksum({key: getattr(self, key) for key in SPLIT_PARTS})
+
+    def model_selection(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(queries, database)`` for choosing models: ``val`` searched against ``train``."""
+        return self.val, self.train
+
+    def describe(self) -> dict[str, Any]:
+        """What a result file records about the split."""
+        return {
+            "protocol": self.protocol,
+            "params": dict(self.params),
+            "seed": self.seed,
+            "dataset": self.dataset,
+            "n_images": self.n_images,
+            "sizes": self.sizes,
+            "checksum": self.checksum,
+        }
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        return f"Split({self.protocol!r}, seed={self.seed}, {sizes})"
+
+    # -- files ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write to ``.json`` (readable lists) or ``.npz`` (compact); the checksum goes along."""
+        path = Path(path)
+        meta = {"format": SPLIT_FORMAT, "version": 1, **self.describe()}
+        if path.suffix == ".json":
+            payload = {**meta, **{key: getattr(self, key).tolist() for key in SPLIT_PARTS}}
+            path.write_text(json.dumps(payload) + "\n")
+        elif path.suffix == ".npz":
+            np.savez_compressed(path, meta=np.array(json.dumps(meta)), **{k: getattr(self, k) for k in SPLIT_PARTS})
+        else:
+            raise InputError(f"split file {path} must end in .json or .npz")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Split:
+        """Read a split written by :meth:`save`; a checksum mismatch raises :class:`InputError`."""
+        path = Path(path)
+        if not path.exists():
+            raise NotFoundError(f"split file {path} does not exist")
+        try:
+            if path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    parts = {key: z[key] for key in SPLIT_PARTS}
+            else:
+                meta = json.loads(path.read_text())
+                parts = {key: np.asarray(meta[key], dtype=np.int64) for key in SPLIT_PARTS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"split file {path} is unreadable: {exc}") from None
+        if meta.get("format") != SPLIT_FORMAT:
+            raise InputError(f"{path} is not a hashlearn split file")
+        split = cls(
+            **parts,
+            protocol=meta["protocol"],
+            params=meta.get("params", {}),
+            seed=meta["seed"],
+            n_images=meta.get("n_images", 0),
+            dataset=meta.get("dataset"),
+        )
+        if split.checksum != meta.get("checksum"):
+            raise InputError(f"split file {path} does not match its checksum (edited or damaged)")
+        return split
+
+
+class Protocol:
+    """Base class: a named rule with parameters; :meth:`split` applies it to a dataset."""
+
+    name = "protocol"
+
+    def __init__(self, name: str | None = None, **params: Any):
+        self.name = name or self.name
+        self.params = params
+
+    def split(self, ds: ImageDataset, seed: int = 0) -> Split:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({self.name!r}, {args})"
+
+    def _make(self, ds: ImageDataset, seed: int, query, train, val, database) -> Split:
+        return Split(
+            query=np.sort(query),
+            train=np.sort(train),
+            val=np.sort(val),
+            database=np.sort(database),
+            protocol=self.name,
+            params=dict(self.params),
+            seed=int(seed),
+            n_images=len(ds),
+            dataset=ds.name,
+        )
+
+
+def _round(x: float) -> int:
+    """Round half up (1.5 → 2, 0.5 → 1), unlike Python's round-half-to-even."""
+    return int(np.floor(x + 0.5))
+
+
+def _take(rng: np.random.Generator, candidates: np.ndarray, count: int, what: str) -> np.ndarray:
+    if count > len(candidates):
+        raise InputError(f"{what} has {len(candidates)} images available, the protocol needs {count}")
+    return rng.permutation(candidates)[:count]
+
+
+class PerClassProtocol(Protocol):
+    """Single-label rule: queries and training images drawn per class.
+
+    Parameters
+    ----------
+    query_per_class : queries drawn from every class (from all images), or
+    query_fraction : that fraction of each class (rounded), or
+    query_split : use every image of this official split (e.g. ``"test"``) as a query.
+    train_per_class : training images per class, drawn from the non-query images
+        (``None``: all of them, or all of ``train_split``).
+    train_split : restrict training images to this official split.
+    database_includes_train : database = all non-query images (``True``) or those minus training.
+    val_fraction : share of each class's training images held out as ``val``.
+    """
+
+    name = "per-class"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        query_per_class: int | None = None,
+        query_fraction: float | None = None,
+        query_split: str | None = None,
+        train_per_class: int | None = None,
+        train_split: str | None = None,
+        database_includes_train: bool = True,
+        val_fraction: float = 0.1,
+    ):
+        chosen = [v is not None for v in (query_per_class, query_fraction, query_split)]
+        if sum(chosen) != 1:
+            raise InputError("give exactly one of query_per_class, query_fraction, query_split")
+        if not 0 <= val_fraction < 1:
+            raise InputError(f"val_fraction must be in [0, 1), not {val_fraction}")
+        super().__init__(
+            name,
+            query_per_class=query_per_class, query_fraction=query_fraction, query_split=query_split,
+            train_per_class=train_per_class, train_split=train_split,
+            database_includes_train=database_includes_train, val_fraction=val_fraction,
+        )  # fmt: skip
+
+    def split(self, ds: ImageDataset, seed: int = 0) -> Split:
+        p = self.params
+        if ds.multilabel:
+            raise InputError(
+                f"protocol {self.name!r} is for single-label data; {ds.name} is multi-label (try 'per-label')"
+            )
+        rng = np.random.default_rng(seed)
+        labels = np.asarray(ds.labels)
+        classes = range(ds.n_classes)
+        if p["query_split"] is not None:
+            query = np.flatnonzero(_official(ds, self.name) == p["query_split"])
+            if len(query) == 0:
+                raise InputError(f"{ds.name} has no images in official split {p['query_split']!r}")
+        else:
+            parts = []
+            for c in classes:
+                members = np.flatnonzero(labels == c)
+                k = (
+                    p["query_per_class"]
+                    if p["query_per_class"] is not None
+                    else _round(p["query_fraction"] * len(members))
+                )
+                parts.append(_take(rng, members, k, f"class {ds.class_names[c]!r} of {ds.name}"))
+            query = np.concatenate(parts)
+        pool = np.setdiff1d(np.arange(len(ds)), query)
+        if p["train_split"] is not None:
+            pool_train = pool[_official(ds, self.name)[pool] == p["train_split"]]
+        else:
+            pool_train = pool
+        if p["train_per_class"] is None:
+            train_all = pool_train
+        else:
+            train_all = np.concatenate(
+                [
+                    _take(
+                        rng,
+                        pool_train[labels[pool_train] == c],
+                        p["train_per_class"],
+                        f"class {ds.class_names[c]!r} of {ds.name} (after queries)",
+                    )
+                    for c in classes
+                ]  # fmt: skip
+            )
+        database = pool if p["database_includes_train"] else np.setdiff1d(pool, train_all)
+        val_parts = []
+        for c in classes:
+            members = train_all[labels[train_all] == c]
+            val_parts.append(rng.permutation(members)[: _round(p["val_fraction"] * len(members))])
+        val = np.concatenate(val_parts) if val_parts else np.array([], dtype=np.int64)
+        train = np.setdiff1d(train_all, val)
+        return self._make(ds, seed, query, train, val, database)
+
+
+class PerLabelProtocol(Protocol):
+    """Multi-label (NUS-WIDE-style) rule: ``query_per_label`` queries and ``train_per_label`` training images.
+
+    Labels are visited in column order; for each label, images that carry it and are not yet
+    chosen are drawn without replacement. An image with several labels is counted once, for the
+    label it was drawn for, and is never drawn twice: every label draws exactly ``query_per_label``
+    images, so 21 labels x 100 gives exactly 2,100 queries, while a label may appear on more
+    queries than that through images drawn for other labels. Training images are drawn the
+    same way from the non-query images; ``val`` is a random ``val_fraction`` of the training set;
+    the database is all non-query images (or those minus training, ``database_includes_train=False``).
+    Works on single-label sets too (one-hot labels), where it equals the per-class rule.
+    """
+
+    name = "per-label"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        query_per_label: int = 100,
+        train_per_label: int = 500,
+        database_includes_train: bool = True,
+        val_fraction: float = 0.1,
+    ):
+        if not 0 <= val_fraction < 1:
+            raise InputError(f"val_fraction must be in [0, 1), not {val_fraction}")
+        super().__init__(
+            name, query_per_label=query_per_label, train_per_label=train_per_label,
+            database_includes_train=database_includes_train, val_fraction=val_fraction,
+        )  # fmt: skip
+
+    def split(self, ds: ImageDataset, seed: int = 0) -> Split:
+        p = self.params
+        rng = np.random.default_rng(seed)
+        matrix = ds.label_matrix().astype(bool)
+        available = np.ones(len(ds), dtype=bool)
+
+        def draw(count: int, stage: str) -> np.ndarray:
+            chosen = []
+            for c in range(ds.n_classes):
+                picked = _take(rng, np.flatnonzero(matrix[:, c] & available), count,
+                               f"label {ds.class_names[c]!r} of {ds.name} ({stage})")  # fmt: skip
+                available[picked] = False
+                chosen.append(picked)
+            return np.concatenate(chosen)
+
+        query = draw(p["query_per_label"], "queries")
+        pool = np.flatnonzero(~np.isin(np.arange(len(ds)), query))
+        train_all = draw(p["train_per_label"], "training")
+        database = pool if p["database_includes_train"] else np.setdiff1d(pool, train_all)
+        val = rng.permutation(train_all)[: _round(p["val_fraction"] * len(train_all))]
+        train = np.setdiff1d(train_all, val)
+        return self._make(ds, seed, query, train, val, database)
+
+
+def _official(ds: ImageDataset, protocol: str) -> np.ndarray:
+    if ds.official_split is None:
+        raise InputError(f"protocol {protocol!r} needs an official train/test split, which {ds.name} does not have")
+    return ds.official_split
+
+
+def register_protocol(name: str, **info: Any):
+    """Register a factory ``(**params) -> Protocol`` under ``name``."""
+    return PROTOCOLS.register(name, **info)
+
+
+@register_protocol("cifar10-1", query=1000, train=5000, database=59000)
+def cifar10_1(val_fraction: float = 0.1) -> Protocol:
+    """Query 100/class from all images; database = the rest (59,000); training 500/class from the database."""
+    return PerClassProtocol("cifar10-1", query_per_class=100, train_per_class=500, val_fraction=val_fraction)
+
+
+@register_protocol("cifar10-i", query=1000, train=5000, database=54000)
+def cifar10_i(val_fraction: float = 0.1) -> Protocol:
+    """Query 100/class; training 500/class; database = the other 54,000 (training excluded)."""
+    return PerClassProtocol(
+        "cifar10-I",
+        query_per_class=100,
+        train_per_class=500,
+        database_includes_train=False,
+        val_fraction=val_fraction,
+    )
+
+
+@register_protocol("cifar10-ii", query=10000, train=50000, database=50000)
+def cifar10_ii(val_fraction: float = 0.1) -> Protocol:
+    """Query = the 10,000 official test images; training = database = the 50,000 training images."""
+    return PerClassProtocol("cifar10-II", query_split="test", train_split="train", val_fraction=val_fraction)
+
+
+@register_protocol("per-class")
+def per_class(**params: Any) -> Protocol:
+    """Any labelled folder: queries per class (count, fraction, or the official test split), training per class."""
+    if not any(params.get(k) is not None for k in ("query_per_class", "query_fraction", "query_split")):
+        params["query_fraction"] = 0.1
+    return PerClassProtocol("per-class", **params)
+
+
+@register_protocol("official-split")
+def official_split(val_fraction: float = 0.1) -> Protocol:
+    """Queries = the official test split; training = database = the official training split."""
+    return PerClassProtocol("official-split", query_split="test", train_split="train", val_fraction=val_fraction)
+
+
+@register_protocol("per-label")
+def per_label(**params: Any) -> Protocol:
+    """Multi-label: 100 queries and 500 training images per label, drawn label by label; rest database."""
+    return PerLabelProtocol("per-label", **params)
+
+
+@register_protocol("nus-wide", query=2100, train=10500)
+def nus_wide(val_fraction: float = 0.1) -> Protocol:
+    """NUS-WIDE-21 convention: 100 queries and 500 training images per label; database = non-query images."""
+    return PerLabelProtocol("nus-wide", query_per_label=100, train_per_label=500, val_fraction=val_fraction)
+
+
+def get_protocol(name: str, **params: Any) -> Protocol:
+    """The protocol registered as ``name`` (case-insensitive), with ``params`` overriding its defaults."""
+    factory = PROTOCOLS.get(name)
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise InputError(f"protocol {name!r}: {exc}") from None

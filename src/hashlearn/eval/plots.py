@@ -1,0 +1,132 @@
+"""Figures for evaluation results (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _as_dict(results) -> dict:
+    from hashlearn.eval.result import EvalResult
+
+    return {"codes": results} if isinstance(results, EvalResult) else dict(results)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def _draw_pr(ax, results: dict) -> None:
+    for name, res in results.items():
+        ax.plot(res.pr_recall, res.pr_precision, marker=".", label=f"{name} ({res.bits} bits)")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall over Hamming radii")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _draw_pn(ax, results: dict) -> None:
+    for name, res in results.items():
+        ax.plot(res.curve_n, res.precision_at_n, marker=".", label=f"{name} ({res.bits} bits)")
+    ax.set_xscale("log")
+    ax.set_xlabel("N (top N retrieved)")
+    ax.set_ylabel("precision@N")
+    ax.set_title("precision@N")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_pr_curves(results, path) -> Path:
+    """Precision–recall curves over Hamming radii; ``results``: ``{method: EvalResult}``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    _draw_pr(ax, _as_dict(results))
+    return _save(fig, path)
+
+
+def plot_precision_at_n(results, path) -> Path:
+    """Precision@N curves; ``results``: ``{method: EvalResult}``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    _draw_pn(ax, _as_dict(results))
+    return _save(fig, path)
+
+
+def plot_curves(results, path) -> Path:
+    """Both panels (precision–recall over radii, precision@N) in one PNG, several methods."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    results = _as_dict(results)
+    _draw_pr(ax1, results)
+    _draw_pn(ax2, results)
+    return _save(fig, path)
+
+
+def _image(img) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = np.moveaxis(arr, 0, -1)  # CHW → HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if lo < 0 or hi > 1:  # e.g. normalised tensors: rescale for display
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    return arr
+
+
+def plot_query_results(query_images, result_images, correct, path, distances=None) -> Path:
+    """Draw each query (left) with its top-k results; correct results get a green border,
+    wrong ones red. ``query_images``: ``nq`` images (HW, HWC or CHW); ``result_images``:
+    ``nq × k`` images; ``correct``: ``(nq, k)`` booleans; ``distances``: optional ``(nq, k)``
+    Hamming distances printed under each result."""
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    nq = len(query_images)
+    correct = np.asarray(correct, dtype=bool).reshape(nq, -1)
+    k = correct.shape[1]
+    fig, axes = plt.subplots(nq, k + 1, figsize=(1.6 * (k + 1), 1.8 * nq), squeeze=False)
+    for i in range(nq):
+        ax = axes[i, 0]
+        img = _image(query_images[i])
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        ax.set_title("query", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for j in range(k):
+            ax = axes[i, j + 1]
+            img = _image(result_images[i][j])
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            color = "#1a9641" if correct[i, j] else "#d7191c"
+            h, w = img.shape[:2]
+            ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor=color, linewidth=4))
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(3)
+            label = f"#{j + 1}"
+            if distances is not None:
+                label += f"  d={int(np.asarray(distances)[i, j])}"
+            ax.set_title(label, fontsize=7, color=color)
+    fig.tight_layout()
+    return _save(fig, path)

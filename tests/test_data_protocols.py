@@ -1,0 +1,139 @@
+"""Protocols on label-only stand-ins (1x1 images): exact sizes, disjointness, seeding, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hashlearn.data import PROTOCOLS, ImageDataset, Split, get_protocol
+from hashlearn.errors import InputError, NotFoundError
+
+
+def labelled(labels, official_split=None, class_names=None) -> ImageDataset:
+    labels = np.asarray(labels)
+    n_classes = labels.shape[1] if labels.ndim == 2 else int(labels.max()) + 1
+    return ImageDataset(
+        images=np.zeros((len(labels), 1, 1, 1), dtype=np.uint8),
+        labels=labels,
+        ids=[str(i) for i in range(len(labels))],
+        class_names=class_names or [f"c{i}" for i in range(n_classes)],
+        official_split=official_split,
+        name="standin",
+    )
+
+
+@pytest.fixture(scope="module")
+def cifar_like() -> ImageDataset:
+    """60,000 labels laid out like CIFAR-10: 50,000 train then 10,000 test, 6,000 per class."""
+    labels = np.concatenate([np.repeat(np.arange(10), 5000), np.repeat(np.arange(10), 1000)])
+    return labelled(labels, ["train"] * 50000 + ["test"] * 10000)
+
+
+def per_class(ds: ImageDataset, idx: np.ndarray) -> list[int]:
+    return np.bincount(ds.labels[idx], minlength=ds.n_classes).tolist()
+
+
+def test_cifar10_1_sizes_and_containment(cifar_like):
+    split = get_protocol("cifar10-1").split(cifar_like, seed=0)
+    assert split.sizes == {"query": 1000, "train": 4500, "val": 500, "database": 59000}
+    assert per_class(cifar_like, split.query) == [100] * 10
+    assert per_class(cifar_like, split.train) == [450] * 10
+    assert per_class(cifar_like, split.val) == [50] * 10
+    assert np.intersect1d(split.query, split.database).size == 0
+    assert np.union1d(split.query, split.database).size == 60000
+    training = np.union1d(split.train, split.val)
+    assert np.intersect1d(split.train, split.val).size == 0
+    assert np.isin(training, split.database).all()
+
+
+def test_cifar10_I_database_excludes_training(cifar_like):
+    split = get_protocol("cifar10-I").split(cifar_like, seed=0)
+    assert split.sizes == {"query": 1000, "train": 4500, "val": 500, "database": 54000}
+    everything = np.concatenate([split.query, split.train, split.val, split.database])
+    assert np.array_equal(np.sort(everything), np.arange(60000))  # a partition
+
+
+def test_cifar10_II_uses_the_official_split(cifar_like):
+    split = get_protocol("cifar10-II").split(cifar_like, seed=0)
+    assert np.array_equal(split.query, np.arange(50000, 60000))
+    assert np.array_equal(split.database, np.arange(50000))
+    assert np.array_equal(np.union1d(split.train, split.val), np.arange(50000))
+    assert per_class(cifar_like, split.val) == [500] * 10
+
+
+def test_same_seed_same_split_other_seed_other_split(cifar_like):
+    protocol = get_protocol("cifar10-1")
+    a, b, c = protocol.split(cifar_like, seed=0), protocol.split(cifar_like, seed=0), protocol.split(cifar_like, seed=1)
+    assert a.checksum == b.checksum
+    assert np.array_equal(a.query, b.query)
+    assert a.checksum != c.checksum
+    assert not np.array_equal(a.query, c.query)
+
+
+def test_val_fraction_zero_trains_on_the_whole_training_set(cifar_like):
+    split = get_protocol("cifar10-1", val_fraction=0).split(cifar_like, seed=0)
+    assert split.sizes["train"] == 5000 and split.sizes["val"] == 0
+    assert split.params["val_fraction"] == 0
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_split_file_round_trip_and_tamper_check(cifar_like, tmp_path: Path, suffix: str):
+    split = get_protocol("cifar10-I").split(cifar_like, seed=3)
+    loaded = Split.load(split.save(tmp_path / f"split{suffix}"))
+    assert loaded.describe() == split.describe()
+    assert np.array_equal(loaded.val, split.val)
+    if suffix == ".json":
+        payload = json.loads((tmp_path / "split.json").read_text())
+        payload["query"][0] = payload["database"][0]
+        (tmp_path / "split.json").write_text(json.dumps(payload))
+        with pytest.raises(InputError, match="does not match its checksum"):
+            Split.load(tmp_path / "split.json")
+
+
+def test_describe_is_what_result_files_record(cifar_like):
+    split = get_protocol("cifar10-II").split(cifar_like, seed=7)
+    info = split.describe()
+    assert info["protocol"] == "cifar10-II"
+    assert info["seed"] == 7
+    assert info["sizes"] == {"query": 10000, "train": 45000, "val": 5000, "database": 50000}
+    assert info["params"]["query_split"] == "test"
+    assert len(info["checksum"]) == 64
+    assert split.model_selection() == (split.val, split.train)
+
+
+def test_per_class_rule_for_any_labelled_folder():
+    ds = labelled(np.repeat([0, 1, 2], 20), ["train"] * 45 + ["test"] * 15)  # test: the last 15, all c2
+    by_fraction = get_protocol("per-class", query_fraction=0.25, train_per_class=10).split(ds, seed=0)
+    assert per_class(ds, by_fraction.query) == [5, 5, 5]
+    assert per_class(ds, by_fraction.train) + per_class(ds, by_fraction.val) == [9, 9, 9, 1, 1, 1]
+    official = get_protocol("per-class", query_split="test").split(ds, seed=0)
+    assert np.array_equal(official.query, np.arange(45, 60))
+    assert official.sizes == {"query": 15, "train": 40, "val": 5, "database": 45}
+    assert per_class(ds, official.val) == [2, 2, 1]  # 10 % of 20, 20, 5, rounded half up
+    with pytest.raises(InputError, match="class 'c0' of standin has 20 images available, the protocol needs 30"):
+        get_protocol("per-class", query_per_class=30).split(ds)
+
+
+def test_per_label_rule_draws_label_by_label_without_replacement():
+    rng = np.random.default_rng(0)
+    matrix = (rng.random((400, 4)) < 0.4).astype(np.uint8)
+    matrix[matrix.sum(1) == 0, 0] = 1
+    ds = labelled(matrix)
+    split = get_protocol("per-label", query_per_label=10, train_per_label=20).split(ds, seed=0)
+    assert split.sizes == {"query": 40, "train": 72, "val": 8, "database": 360}
+    assert (matrix[split.query].sum(axis=0) >= 10).all()
+    assert np.intersect1d(split.query, split.database).size == 0
+    assert np.isin(np.union1d(split.train, split.val), split.database).all()
+    with pytest.raises(InputError, match="protocol 'cifar10-1' is for single-label data"):
+        get_protocol("cifar10-1").split(ds)
+
+
+def test_protocols_are_registered_by_name():
+    assert {"cifar10-1", "cifar10-i", "cifar10-ii", "nus-wide", "per-class", "per-label"} <= set(PROTOCOLS.names())
+    with pytest.raises(NotFoundError, match="unknown protocol 'cifar10-3'"):
+        get_protocol("cifar10-3")
+    with pytest.raises(InputError, match="protocol 'cifar10-1'"):
+        get_protocol("cifar10-1", queries=5)
