@@ -1,0 +1,334 @@
+"""``HammingIndex``: exact kNN and range search over binary codes of 8 to 1024 bits."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hashlearn.errors import InputError, NotFoundError
+
+FORMAT_VERSION = 1
+METHODS = ("auto", "flat", "mih")
+MIN_BITS, MAX_BITS = 8, 1024
+
+# Cost model of ``auto`` (nanoseconds on one core, measured by bench/search.py on an AMD EPYC
+# (Zen 3)): a linear scan costs ``SCAN_NS_PER_WORD`` per database code and 64-bit word; MIH costs
+# ``PROBE_NS`` per probed bucket plus ``VERIFY_NS`` per verified candidate.
+SCAN_NS_PER_WORD = 0.5
+PROBE_NS = 150.0  # a probe misses the cache on the bucket offsets and on the bucket
+VERIFY_NS = 3.0  # codes are stored inline in bucket order, so verification streams
+
+
+def _binom_cdf(bits: int) -> np.ndarray:
+    """``P(d <= t)`` for the distance between two uniform random ``bits``-bit codes."""
+    logc = np.array([math.lgamma(bits + 1) - math.lgamma(t + 1) - math.lgamma(bits - t + 1) for t in range(bits + 1)])
+    return np.cumsum(np.exp(logc - bits * math.log(2)))
+
+
+def estimate_costs(n: int, bits: int, k: int, m: int | None = None, kth_distance: int | None = None) -> dict:
+    """Estimated nanoseconds per query of a linear scan and of MIH.
+
+    ``kth_distance`` (the distance of the ``k``-th neighbour) decides how far MIH must probe;
+    without it, uniform random codes are assumed, the worst case for MIH (learned or clustered
+    codes put the ``k``-th neighbour nearer). :meth:`HammingIndex.choose_method` measures it on a
+    sample of the database.
+    """
+    from hashlearn.index.mih import default_m
+
+    nw = (bits + 63) // 64
+    linear = n * nw * SCAN_NS_PER_WORD
+    m = m or default_m(bits, n)
+    cdf = _binom_cdf(bits)
+    tau = int(np.searchsorted(cdf * n, min(k, n))) if kth_distance is None else int(kth_distance)
+    r, last = divmod(tau, m)  # substrings 0..last probe radius r, the others r - 1
+    sub = [len(a) for a in np.array_split(np.arange(bits), m)]
+    probes = 0.0
+    for i, s in enumerate(sub):
+        top = min(s, r if i <= last else r - 1)
+        probes += sum(math.comb(s, t) for t in range(top + 1))
+    candidates = sum(min(n, probes_i) for probes_i in [probes * n / 2 ** np.mean(sub)])
+    mih = probes * PROBE_NS + min(candidates, n * m) * VERIFY_NS
+    return {"linear_ns": linear, "mih_ns": mih, "m": m, "expected_kth_distance": tau}
+
+
+def _check_bits(bits) -> int:
+    try:
+        bits = int(bits)
+    except (TypeError, ValueError):
+        raise InputError(f"bits must be an integer, got {bits!r}") from None
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise InputError(f"bits must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
+    return bits
+
+
+class HammingIndex:
+    """Exact Hamming-space index over binary codes (8 to 1024 bits).
+
+    ``method``: ``"flat"`` (blocked linear scan), ``"mih"`` (multi-index hashing, ``m``
+    substrings, ``reorder`` to decorrelate them) or ``"auto"`` (picks per search from ``n``,
+    ``bits`` and ``k`` with :func:`estimate_costs`). Every method returns the same results.
+
+    Results are exact and deterministic: each row is ordered by (distance, id). When ``k``
+    exceeds the number of codes, rows are padded with distance ``-1`` and id ``-1`` (as FAISS).
+    """
+
+    def __init__(self, bits: int, method: str = "auto", m: int | None = None, reorder: bool = False):
+        self.bits = _check_bits(bits)
+        if method not in METHODS:
+            raise InputError(f"unknown index method {method!r}; expected one of {', '.join(METHODS)}")
+        self.method = method
+        self.m = m
+        self.reorder = bool(reorder)
+        self.nwords = (self.bits + 63) // 64
+        self._words = np.zeros((0, self.nwords), dtype=np.uint64)  # sorted by id
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._mih = None
+        self.last_method: str | None = None
+
+    # -- contents -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Ids in increasing order (the storage order)."""
+        return self._ids
+
+    def codes(self) -> np.ndarray:
+        """Packed ``uint8`` codes in id order."""
+        nbytes = (self.bits + 7) // 8
+        return np.ascontiguousarray(np.ascontiguousarray(self._words).view(np.uint8)[:, :nbytes])
+
+    def _to_words(self, codes, name: str) -> np.ndarray:
+        from hashlearn.codes import as_packed
+        from hashlearn.codes._kernels import to_words
+
+        arr = np.asarray(codes)
+        if arr.ndim == 1 and arr.size:
+            arr = arr[None, :]
+        if arr.ndim == 2 and arr.shape[0] == 0:
+            return np.zeros((0, self.nwords), dtype=np.uint64)
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{name}: expected numeric binary codes, got dtype {arr.dtype}")
+        packed, _ = as_packed(arr, self.bits, name=name)
+        return to_words(packed)
+
+    def add(self, codes, ids=None) -> None:
+        """Add codes (packed ``uint8`` ``(n, ceil(bits/8))`` or ``0/1``/``±1`` ``(n, bits)``).
+
+        ``ids`` default to ``ntotal, ntotal+1, ...``; they must be unique integers not already
+        in the index. Nothing is added when anything is wrong.
+        """
+        words = self._to_words(codes, "codes")
+        n = len(words)
+        if ids is None:
+            start = int(self._ids[-1]) + 1 if len(self._ids) else 0
+            ids = np.arange(start, start + n, dtype=np.int64)
+        else:
+            ids = check_ids(ids, n)
+            if len(self._ids) and np.isin(ids, self._ids).any():
+                dup = ids[np.isin(ids, self._ids)][:5].tolist()
+                raise InputError(f"ids already in the index: {dup}")
+        if n == 0:
+            return
+        if (len(self._ids) == 0 or ids[0] > self._ids[-1]) and (np.diff(ids) > 0).all():
+            self._words = np.concatenate([self._words, words])
+            self._ids = np.concatenate([self._ids, ids])
+        else:
+            all_ids = np.concatenate([self._ids, ids])
+            order = np.argsort(all_ids, kind="stable")
+            self._words = np.concatenate([self._words, words])[order]
+            self._ids = all_ids[order]
+        self._mih = None
+
+    def remove(self, ids) -> int:
+        """Remove codes by id; returns how many were removed (unknown ids are ignored)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        keep = ~np.isin(self._ids, ids)
+        removed = int((~keep).sum())
+        if removed:
+            self._words = self._words[keep]
+            self._ids = self._ids[keep]
+            self._mih = None
+        return removed
+
+    def reset(self) -> None:
+        self._words = np.zeros((0, self.nwords), dtype=np.uint64)
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._mih = None
+
+    # -- search -------------------------------------------------------------------------------
+    def choose_method(self, k: int | None = None, radius: int | None = None, queries=None) -> str:
+        """The method a search will use (``flat`` or ``mih``), from ``n``, ``bits`` and ``k``.
+
+        With ``queries`` (packed words), the ``k``-th neighbour's distance is estimated on a sample
+        of 16,384 database codes for up to 8 queries; otherwise uniform codes are assumed.
+        """
+        if self.method != "auto":
+            return self.method
+        n = len(self)
+        if n < 4096:
+            return "flat"
+        if radius is not None:
+            cost = estimate_costs(n, self.bits, 1, self.m, kth_distance=min(radius, self.bits))
+        else:
+            kth = None
+            if queries is not None and len(queries):
+                kth = self._sample_kth_distance(queries, k or 1)
+            cost = estimate_costs(n, self.bits, k or 1, self.m, kth_distance=kth)
+        return "mih" if cost["mih_ns"] < cost["linear_ns"] else "flat"
+
+    def _sample_kth_distance(self, qw: np.ndarray, k: int) -> int:
+        from hashlearn.codes._kernels import hamming_matrix
+
+        n = len(self)
+        sample = 16384
+        rng = np.random.default_rng(0)
+        take = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+        dist = hamming_matrix(np.ascontiguousarray(qw[:8]), np.ascontiguousarray(self._words[take]))
+        rank = max(0, min(len(take) - 1, int(np.ceil(k * len(take) / n)) - 1))
+        return int(np.median(np.partition(dist, rank, axis=1)[:, rank]))
+
+    def mih_tables(self):
+        from hashlearn.index.mih import MIHTables
+
+        if self._mih is None:
+            self._mih = MIHTables(np.ascontiguousarray(self._words), self.bits, m=self.m, reorder=self.reorder)
+        return self._mih
+
+    def search(self, queries, k: int):
+        """Exact kNN: ``(distances int32 (nq, k), ids int64 (nq, k))``, rows by (distance, id)."""
+        from hashlearn.index._scan import knn_scan
+
+        k = int(k)
+        if k < 0:
+            raise InputError(f"k must be >= 0, got {k}")
+        qw = self._to_words(queries, "queries")
+        nq = len(qw)
+        if k == 0 or nq == 0 or len(self) == 0:
+            self.last_method = self.choose_method(k=k)
+            return np.full((nq, k), -1, dtype=np.int32), np.full((nq, k), -1, dtype=np.int64)
+        method = self.choose_method(k=k, queries=qw)
+        self.last_method = method
+        words = np.ascontiguousarray(self._words)
+        if method == "mih":
+            dist, pos = self.mih_tables().knn(qw, words, k)
+        else:
+            dist, pos = knn_scan(qw, words, k, self.bits)
+        ids = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
+        return dist, ids
+
+    def range_search(self, queries, radius: int):
+        """All codes within ``radius``: ``(lims, distances, ids)`` as FAISS; query ``i``'s results are
+        ``distances[lims[i]:lims[i+1]]``, ordered by (distance, id)."""
+        from hashlearn.index._scan import range_scan
+
+        radius = int(radius)
+        if radius < 0:
+            raise InputError(f"radius must be >= 0, got {radius}")
+        qw = self._to_words(queries, "queries")
+        nq = len(qw)
+        if nq == 0 or len(self) == 0:
+            return np.zeros(nq + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        method = self.choose_method(radius=radius)
+        self.last_method = method
+        words = np.ascontiguousarray(self._words)
+        if method == "mih":
+            lims, dist, pos = self.mih_tables().range(qw, words, min(radius, self.bits))
+        else:
+            lims, dist, pos = range_scan(qw, words, min(radius, self.bits), self.bits)
+        return lims, dist, self._ids[pos]
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write the index to directory ``path`` (``meta.json``, ``words.npy``, ``ids.npy``)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "words.npy", np.ascontiguousarray(self._words))
+        np.save(path / "ids.npy", self._ids)
+        meta = {
+            "format": "hashlearn-hamming-index",
+            "format_version": FORMAT_VERSION,
+            "bits": self.bits,
+            "method": self.method,
+            "m": self.m,
+            "reorder": self.reorder,
+            "ntotal": len(self),
+        }
+        tmp = path / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, path / "meta.json")
+        return path
+
+    @classmethod
+    def load(cls, path, mmap: bool = True) -> HammingIndex:
+        """Read an index written by :meth:`save`; with ``mmap`` the codes are memory-mapped."""
+        path = Path(path)
+        if not (path / "meta.json").exists():
+            raise NotFoundError(f"no hashlearn index at {path} (missing meta.json)")
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != "hashlearn-hamming-index":
+            raise InputError(f"{path}: not a hashlearn index")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise InputError(f"{path}: index format {meta['format_version']} is newer than this hashlearn reads")
+        index = cls(
+            meta["bits"], method=meta.get("method", "auto"), m=meta.get("m"), reorder=meta.get("reorder", False)
+        )
+        mode = "r" if mmap else None
+        index._words = np.load(path / "words.npy", mmap_mode=mode)
+        index._ids = np.asarray(np.load(path / "ids.npy"))
+        if index._words.shape != (len(index._ids), index.nwords):
+            raise InputError(f"{path}: words and ids disagree ({index._words.shape} vs {len(index._ids)} ids)")
+        return index
+
+    def __repr__(self) -> str:
+        return f"HammingIndex(bits={self.bits}, method={self.method!r}, ntotal={len(self)})"
+
+
+def check_ids(ids, n: int) -> np.ndarray:
+    """Validate ``n`` ids: 1-D integers (or integral floats), unique. Returns ``int64``."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise InputError(f"ids: expected a 1-D array, got shape {arr.shape}")
+    if len(arr) != n:
+        raise InputError(f"ids: {len(arr)} ids for {n} codes")
+    if arr.size and arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+            raise InputError("ids: must be integers (found NaN or fractional values)")
+    elif arr.size and arr.dtype.kind not in "iu":
+        raise InputError(f"ids: must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if len(uniq) != len(arr):
+        raise InputError(f"ids: duplicate ids {uniq[counts > 1][:5].tolist()}")
+    return arr
+
+
+def index_factory(bits: int, spec: str = "auto") -> HammingIndex:
+    """Build an index from a spec string, FAISS style: ``"auto"``, ``"flat"``, ``"mih"``,
+    ``"mih:m=4"``, ``"mih:m=4,reorder"``."""
+    name, _, opts = spec.strip().partition(":")
+    name = name.strip().lower()
+    kwargs: dict = {}
+    for opt in filter(None, (o.strip() for o in opts.split(","))):
+        key, eq, value = opt.partition("=")
+        if key == "m" and eq:
+            try:
+                kwargs["m"] = int(value)
+            except ValueError:
+                raise InputError(f"index spec {spec!r}: m must be an integer") from None
+        elif key == "reorder" and not eq:
+            kwargs["reorder"] = True
+        else:
+            raise InputError(f"index spec {spec!r}: unknown option {opt!r} (expected m=INT or reorder)")
+    if name not in METHODS:
+        raise InputError(f"index spec {spec!r}: unknown method {name!r}; expected one of {', '.join(METHODS)}")
+    return HammingIndex(bits, method=name, **kwargs)
