@@ -1,1 +1,39 @@
-"""hashlearn.train"""
+"""One trainer for every hashing method (see :mod:`hashlearn.train.trainer`).
+
+* :func:`train` — ``hashlearn train`` as a function (one run folder per code length);
+* :func:`load_config` — packaged defaults ← YAML file ← ``key=value`` overrides;
+* :class:`Trainer` — the loop (checkpoint/resume, validation-based selection, hooks);
+* :func:`encode_images` / :func:`encode_dataset` — codes from a finished run.
+
+Heavy imports (torch) happen on first use, so ``import hashlearn.train`` is cheap.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "train": "hashlearn.train.run",
+    "load_data": "hashlearn.train.run",
+    "load_config": "hashlearn.train.config",
+    "apply_overrides": "hashlearn.train.config",
+    "save_config": "hashlearn.train.config",
+    "Trainer": "hashlearn.train.trainer",
+    "TrainState": "hashlearn.train.trainer",
+    "HashModel": "hashlearn.train.trainer",
+    "validation_map": "hashlearn.train.trainer",
+    "encode_images": "hashlearn.train.encode",
+    "encode_dataset": "hashlearn.train.encode",
+    "RunEncoder": "hashlearn.train.encode",
+    "run_demo": "hashlearn.train.demo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hashlearn.train' has no attribute {name!r}")

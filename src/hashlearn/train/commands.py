@@ -1,0 +1,148 @@
+"""Commands ``train``, ``encode``, ``methods`` and ``demo`` (argparse only at import time)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train (or fit) a hashing method at one or more code lengths and evaluate it",
+        description="Train a deep method (or fit a shallow one) on a dataset's training split, select the "
+                    "model on the validation split, encode queries and database, evaluate. One run folder "
+                    "per code length: config.yaml, checkpoints, log.jsonl, codes, metrics.json.",
+    )
+    p.add_argument("--method", help="method name (see: hashlearn methods); default dmsh")
+    p.add_argument("--dataset", help="dataset name (see: hashlearn data list)")
+    p.add_argument("--protocol", help="split protocol (see: hashlearn data protocols), e.g. cifar10-1")
+    p.add_argument("--bits", help="code length(s), comma-separated, e.g. 12,24,32,48")
+    p.add_argument("--backbone", help="backbone name, e.g. smallcnn, efficientnet_lite0, vgg19")
+    p.add_argument("--weights", help="backbone weights: default | none | PATH")
+    p.add_argument("--frozen", action="store_true", default=None,
+                   help="train the heads on cached pooled features of a frozen backbone")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate of the heads (optim.lr)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--limit", type=int, help="at most N images of each split (quick runs)")
+    p.add_argument("--config", help="YAML file of settings (see hashlearn/configs/default.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set optim.lr=1e-3 --set method_args.focal_gamma=2 (repeatable)")
+    p.add_argument("--out", help="output folder (default runs/METHOD-DATASET)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("encode", help="encode a dataset or a folder of images with a trained run",
+                       description="Write packed binary codes with their ids (hashlearn.codes.save_codes).")
+    e.add_argument("--run", required=True, help="run folder of one code length (e.g. runs/demo/dmsh/32bits)")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="encode every image of this dataset")
+    src.add_argument("--images", help="encode every image file under this folder (ids = relative paths)")
+    e.add_argument("--out", required=True, help="output .npz")
+    e.set_defaults(func=cmd_encode)
+
+    m = sub.add_parser("methods", help="list the hashing methods (deep and shallow) and their papers")
+    m.set_defaults(func=cmd_methods)
+
+    d = sub.add_parser(
+        "demo",
+        help="end-to-end demo: train DMSH (and DPSH) at 32 bits on a real dataset, evaluate, plot",
+        description="Runs offline: Fashion-MNIST (Debian dataset-fashion-mnist) or scikit-learn digits, or "
+                    "CIFAR-10 when HASHLEARN_DATA holds it. Prints the mAP table; writes a precision-recall "
+                    "plot and a picture of queries with their top-10 results.",
+    )
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--dataset", help="force a dataset: cifar10, fashion-mnist or digits")
+    d.add_argument("--quick", action="store_true", help="a shortened run (small subsets, 1 epoch)")
+    d.add_argument("--epochs", type=int, help="training epochs (default 6; 1 with --quick)")
+    d.add_argument("--database", type=int, default=0,
+                   help="encode and search only a seeded random N of the protocol's database (default 0 = all)")
+    d.add_argument("--limit", type=int, help="at most N images of each split")
+    d.add_argument("--methods", default="dmsh,dpsh", help="comma-separated methods (default dmsh,dpsh)")
+    d.add_argument("--bits", type=int, default=32)
+    d.add_argument("--threads", default="auto",
+                   help="torch CPU threads: auto (1 when the CPU is already busy, else torch's default) or N")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+
+def _config_from_args(args):
+    from hashlearn.train.config import load_config
+
+    overrides = list(args.set or [])
+    direct = {
+        "method": args.method, "dataset": args.dataset, "protocol": args.protocol, "backbone": args.backbone,
+        "weights": args.weights, "image_size": args.image_size, "seed": args.seed,
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "optim.lr": args.lr,
+        "data.limit": args.limit,
+    }
+    pre = [f"{k}={v}" for k, v in direct.items() if v is not None]
+    if args.bits:
+        pre.append(f"bits=[{args.bits}]")
+    if args.frozen:
+        pre.append("frozen=true")
+    if args.quiet:
+        pre.append("train.progress=false")
+    return load_config(args.config, pre + overrides)
+
+
+def cmd_train(args) -> int:
+    from hashlearn.train.run import summary_markdown, train
+
+    config = _config_from_args(args)
+    results = train(config, out=args.out, resume=not args.no_resume)
+    print(summary_markdown(results))
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from pathlib import Path
+
+    from hashlearn.codes import save_codes
+    from hashlearn.errors import InputError, NotFoundError
+    from hashlearn.train.encode import encode_dataset, encode_images
+
+    if args.dataset:
+        from hashlearn.train.run import load_data
+
+        packed, bits, ids = encode_dataset(args.run, load_data(args.dataset), progress=True)
+    else:
+        from hashlearn.data.images import is_image_name
+
+        root = Path(args.images)
+        if not root.is_dir():
+            raise NotFoundError(f"--images {root}: not a folder")
+        files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
+        if not files:
+            raise InputError(f"--images {root}: no image files found")
+        packed, bits = encode_images(args.run, files)
+        ids = [str(p.relative_to(root)) for p in files]
+    path = save_codes(args.out, packed, bits, ids=ids)
+    print(f"{len(packed)} codes of {bits} bits -> {path}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from hashlearn.methods import load_all
+
+    registry = load_all()
+    rows = [(n, registry.info(n)) for n in registry.names()]
+    width = max((len(n) for n, _ in rows), default=4)
+    for kind in ("deep", "shallow"):
+        chosen = [(n, i) for n, i in rows if i.get("kind", "deep") == kind]
+        if not chosen:
+            continue
+        print(f"{kind}:")
+        for name, info in chosen:
+            print(f"  {name:<{width}}  {info.get('summary', '')} — {info.get('paper', '')}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from hashlearn.train.demo import run_demo
+
+    run_demo(out=args.out, dataset=args.dataset, quick=args.quick, epochs=args.epochs, limit=args.limit,
+             methods=[m.strip() for m in args.methods.split(",") if m.strip()], bits=args.bits, seed=args.seed,
+             database=args.database, threads=args.threads)
+    return 0

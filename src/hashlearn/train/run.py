@@ -1,0 +1,360 @@
+"""``hashlearn train`` as a function: one run folder per code length, then a summary.
+
+Run folder (``OUT/<bits>bits/``)::
+
+    config.yaml           the resolved configuration (this code length)
+    run.json              what encoding new images needs (kind, taps, image size, channels)
+    checkpoint.pt         last epoch (deep methods; resumable)
+    best.pt               weights selected by validation mAP (deep methods)
+    model.pkl             the fitted model (shallow methods)
+    log.jsonl             one line per epoch
+    query_codes.npz       packed query codes + ids      (hashlearn.codes.save_codes)
+    database_codes.npz    packed database codes + ids
+    metrics.json          every figure + protocol, sizes, R, relevance and tie rules, seed,
+                          code length, training seconds and images/s
+
+and ``OUT/summary.json`` / ``OUT/summary.md`` for the whole command.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashlearn.errors import HashlearnError, InputError
+from hashlearn.train.config import save_config
+
+
+def _say(text: str, progress: bool = True) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def load_data(name: str, progress: bool = True):
+    """The prepared (memory-mapped) dataset ``name``, preparing it first when needed."""
+    from hashlearn.data import open_prepared, prepare
+
+    try:
+        return open_prepared(name)
+    except HashlearnError:
+        _say(f"preparing dataset {name} (once; cached for later runs)", progress)
+        return prepare(name, progress=progress)
+
+
+def make_split(dataset, protocol: str | None, seed: int, protocol_args: dict | None = None):
+    from hashlearn.data import get_protocol
+
+    if not protocol:
+        raise InputError("no protocol given; pass --protocol NAME (see: hashlearn data protocols)")
+    return get_protocol(protocol, **(protocol_args or {})).split(dataset, seed=seed)
+
+
+def _limit(idx: np.ndarray, limit: int | None, seed: int, salt: int) -> np.ndarray:
+    """At most ``limit`` indices: a seeded random subset, kept in index order."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if not limit or len(idx) <= int(limit):
+        return idx
+    rng = np.random.default_rng([seed, salt])
+    return np.sort(rng.choice(idx, size=int(limit), replace=False))
+
+
+class IndexedImages:
+    """Lazy view ``images[base[idx]]`` (keeps memory-mapped datasets on disk)."""
+
+    def __init__(self, images: np.ndarray, base: np.ndarray):
+        self.images, self.base = images, np.asarray(base, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        rows = self.base[idx]
+        order = np.argsort(rows, kind="stable")  # sorted reads are faster on a memmap
+        out = np.empty((len(rows),) + self.images.shape[1:], dtype=self.images.dtype)
+        out[order] = self.images[rows[order]]
+        return out
+
+
+def _evaluate(q_codes, db_codes, q_labels, db_labels, ecfg: dict):
+    from hashlearn.eval import evaluate
+
+    topk = tuple(ecfg.get("topk") or ("all",))
+    return evaluate(q_codes, db_codes, q_labels, db_labels, topk=topk, radius=int(ecfg.get("radius", 2)),
+                    ties=str(ecfg.get("ties", "expected")))
+
+
+def make_validation_evaluator(config: dict):
+    """mAP@R (R = ``train.val_topk``) by :func:`hashlearn.eval.evaluate` with the run's tie rule."""
+    topk = config["train"].get("val_topk", "all")
+    ties = config.get("eval", {}).get("ties", "expected")
+
+    def evaluator(q_codes, db_codes, q_labels, db_labels) -> float:
+        from hashlearn.eval import evaluate
+
+        r = evaluate(q_codes, db_codes, q_labels, db_labels, topk=(topk,), ties=ties)
+        return float(next(iter(r.map.values())))
+
+    return evaluator
+
+
+def image_size_for(config: dict, dataset, backbone_name: str) -> int | None:
+    if config.get("image_size"):
+        return int(config["image_size"])
+    if backbone_name == "smallcnn":
+        return int(dataset.images.shape[1])
+    return None
+
+
+def backbone_args_for(config: dict, dataset) -> dict:
+    args = dict(config.get("backbone_args") or {})
+    if config["backbone"] == "smallcnn" and not config.get("frozen") and "in_channels" not in args:
+        args["in_channels"] = int(dataset.images.shape[-1])
+    return args
+
+
+def build_backbone(config: dict, method, backbone_args: dict):
+    from hashlearn.nn import create_backbone
+
+    backbone = create_backbone(config["backbone"], weights=config.get("weights", "default"), taps=None,
+                               seed=int(config.get("seed", 0)), **backbone_args)
+    taps = method.taps(list(backbone.default_taps))
+    backbone._set_taps(taps)  # the backbone returns exactly the maps the method reads
+    return backbone, taps
+
+
+def train(config: dict, dataset=None, split=None, out: str | Path | None = None, resume: bool = True,
+          evaluator=None, progress: bool | None = None) -> list[dict]:
+    """Train (or fit) ``config["method"]`` at each code length of ``config["bits"]``.
+
+    ``dataset``/``split`` default to ``config["dataset"]``/``config["protocol"]``. Returns one
+    metrics dict per code length (as written to ``metrics.json``)."""
+    from hashlearn.methods import get_method, load_all
+
+    config = copy.deepcopy(config)
+    progress = bool(config["train"].get("progress", True)) if progress is None else progress
+    config["train"]["progress"] = progress
+    registry = load_all()
+    method_name = str(config["method"]).lower()
+    cls = get_method(method_name)
+    kind = registry.info(method_name).get("kind", "deep")
+    seed = int(config.get("seed", 0))
+    if dataset is None:
+        dataset = load_data(config["dataset"], progress)
+    if split is None:
+        split = make_split(dataset, config.get("protocol"), seed, config.get("protocol_args"))
+    limit = (config.get("data") or {}).get("limit")
+    parts = {k: _limit(getattr(split, k), limit, seed, i) for i, k in enumerate(("query", "train", "val", "database"))}
+    describe = split.describe() if hasattr(split, "describe") else {}
+    bits_list = config["bits"] if isinstance(config["bits"], (list, tuple)) else [config["bits"]]
+    bits_list = [int(b) for b in (bits_list if not isinstance(bits_list, str) else bits_list.split(","))]
+    out_root = Path(out or config.get("out") or f"runs/{method_name}-{config['dataset']}")
+    _say(f"hashlearn train: method {method_name} ({kind}), dataset {getattr(dataset, 'name', config['dataset'])} "
+         f"({len(dataset)} images), protocol {config.get('protocol')}: "
+         + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
+         + (f"; backbone {config['backbone']}{' (frozen)' if config.get('frozen') else ''}" if kind == "deep" else "")
+         + f"; bits {bits_list}; out {out_root}", progress)
+    results = []
+    for bits in bits_list:
+        run_cfg = copy.deepcopy(config)
+        run_cfg["bits"] = bits
+        run_cfg["method"] = method_name
+        run_dir = out_root / f"{bits}bits"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        method = cls(bits=bits, **(run_cfg.get("method_args") or {})) if kind == "deep" else None
+        if kind == "deep":
+            info = _train_deep(run_cfg, method, dataset, parts, run_dir, resume, evaluator, progress)
+        else:
+            info = _fit_shallow(run_cfg, cls, dataset, parts, run_dir, progress)
+        info.update({
+            "method": method_name, "kind": kind, "dataset": getattr(dataset, "name", config["dataset"]),
+            "protocol": config.get("protocol"), "protocol_description": _jsonable(describe),
+            "bits": bits, "seed": seed, "sizes": {k: int(len(v)) for k, v in parts.items()},
+            "data_limit": limit, "run_dir": str(run_dir),
+        })
+        metrics = _final_eval(run_cfg, info, dataset, parts, run_dir)
+        results.append(metrics)
+        _say(f"{bits} bits: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in metrics if k.startswith("mAP@"))
+             + f" ({run_dir})", progress)
+    table = summary_markdown(results)
+    (out_root / "summary.md").write_text(table + "\n")
+    (out_root / "summary.json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if k != "curves"} for r in results], indent=2, default=_default))
+    return results
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=_default))
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+class _Scatter:
+    """Rows of ``values`` addressed by their dataset index (``rows[i]`` is dataset image ``i``)."""
+
+    def __init__(self, rows: np.ndarray, values: np.ndarray):
+        self.lookup = {int(r): n for n, r in enumerate(rows)}
+        self.values = values
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.values[[self.lookup[int(i)] for i in np.asarray(idx)]]
+
+
+def _labels(dataset, idx: np.ndarray) -> np.ndarray:
+    return np.asarray(dataset.labels[idx])
+
+
+def _train_deep(cfg, method, dataset, parts, run_dir: Path, resume, evaluator, progress) -> dict:
+    import torch
+
+    from hashlearn.train.trainer import Trainer
+
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    bargs = backbone_args_for(cfg, dataset)
+    backbone, taps = build_backbone(cfg, method, bargs)
+    size = image_size_for(cfg, dataset, cfg["backbone"]) or backbone.input_size
+    run_info = {"kind": "deep", "taps": taps, "image_size": int(size), "backbone_args": bargs,
+                "channels": int(dataset.images.shape[-1]), "method_hparams": method.hparams()}
+    cfg["method_args"] = {**(cfg.get("method_args") or {})}
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+    features = None
+    if cfg.get("frozen"):
+        fbs = int(cfg["train"].get("feature_batch_size", 256))
+        if bargs or getattr(backbone, "weights_id", "none") == "none":
+            # constructor arguments or a random network: features of exactly this backbone (not cached)
+            from hashlearn.train.trainer import pooled_features
+
+            needed = np.unique(np.concatenate([parts[k] for k in ("train", "val", "query", "database")]))
+            feats = pooled_features(backbone, IndexedImages(dataset.images, needed)[np.arange(len(needed))],
+                                    taps, int(size), fbs, progress=progress)
+            features = {t: _Scatter(needed, v) for t, v in feats.items()}
+        else:
+            from hashlearn.nn import extract_features
+
+            features = extract_features(dataset, backbone=cfg["backbone"], image_size=int(size), taps=taps,
+                                        weights=cfg.get("weights", "default"), seed=seed, batch_size=fbs,
+                                        progress=progress)
+
+    def part(name):
+        idx = parts[name]
+        d = {"labels": _labels(dataset, idx)}
+        if features is not None:
+            d["features"] = {t: np.asarray(features[t][idx], dtype=np.float32) for t in taps}
+        else:
+            d["images"] = IndexedImages(dataset.images, idx)
+        return d
+
+    trainer = Trainer(method, backbone, cfg, run_dir, train=part("train"), val=part("val"),
+                      evaluator=evaluator or make_validation_evaluator(cfg), image_size=int(size))
+    if len(parts["val"]) == 0:
+        _say("note: the protocol has no validation split; the last epoch is kept (no model selection)", progress)
+    result = trainer.fit(resume=resume)
+    codes = {}
+    for name in ("query", "database"):
+        p = part(name)
+        source = p["features"] if features is not None else p["images"]
+        u = trainer.forward_all(source, len(parts[name]))
+        codes[name] = np.where(u.numpy() >= 0, 1, -1).astype(np.int8)
+    return {"codes": codes, "backbone": cfg["backbone"], "weights": str(cfg.get("weights")),
+            "frozen": bool(cfg.get("frozen")), "image_size": int(size), "taps": taps,
+            "best_epoch": result.best_epoch, "val_mAP": result.best_val_map, "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early, "training_seconds": round(result.training_seconds, 3),
+            "images_per_second": round(result.images_per_second, 1), "method_hparams": method.hparams()}
+
+
+def shallow_inputs(cfg: dict, dataset, image_size: int | None = None):
+    """What a shallow method is fitted on: ``("pixels", None)`` or ``("backbone", tap)``."""
+    choice = str((cfg.get("shallow") or {}).get("features", "auto")).lower()
+    if choice == "auto":
+        choice = "pixels" if cfg["backbone"] in ("smallcnn", "pixels") else "backbone"
+    if choice not in ("pixels", "backbone"):
+        raise InputError(f"shallow.features: expected auto, pixels or backbone, got {choice!r}")
+    return choice
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    arr = np.asarray(images)
+    return arr.reshape(len(arr), -1).astype(np.float32) / 255.0
+
+
+def _fit_shallow(cfg, cls, dataset, parts, run_dir: Path, progress) -> dict:
+    seed = int(cfg.get("seed", 0))
+    choice = shallow_inputs(cfg, dataset)
+    size = None
+    if choice == "backbone":
+        from hashlearn.nn import extract_features
+
+        size = cfg.get("image_size")
+        feats = extract_features(dataset, backbone=cfg["backbone"], image_size=size, taps=["pool"],
+                                 weights=cfg.get("weights", "default"), seed=seed, progress=progress)["pool"]
+        get = lambda idx: np.asarray(feats[idx], dtype=np.float32)  # noqa: E731
+    else:
+        get = lambda idx: pixels(dataset.images[np.sort(idx)][np.argsort(np.argsort(idx))])  # noqa: E731
+    kwargs = {"bits": int(cfg["bits"]), **(cfg.get("method_args") or {})}
+    if "random_state" in inspect.signature(cls.__init__).parameters and "random_state" not in kwargs:
+        kwargs["random_state"] = seed
+    model = cls(**kwargs)
+    run_info = {"kind": "shallow", "features": choice, "image_size": size or int(dataset.images.shape[1]),
+                "channels": int(dataset.images.shape[-1]), "method_hparams": _jsonable(kwargs)}
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+    x_train = get(parts["train"])
+    t0 = time.perf_counter()
+    model.fit(x_train, _labels(dataset, parts["train"]))
+    seconds = time.perf_counter() - t0
+    with open(run_dir / "model.pkl", "wb") as f:
+        pickle.dump(model, f)
+    codes = {name: np.asarray(model.encode(get(parts[name]))) for name in ("query", "database")}
+    return {"codes": codes, "features": choice, "backbone": cfg["backbone"] if choice == "backbone" else None,
+            "training_seconds": round(seconds, 3), "images_per_second": round(len(x_train) / max(seconds, 1e-9), 1),
+            "method_hparams": _jsonable(kwargs)}
+
+
+def _final_eval(cfg, info: dict, dataset, parts, run_dir: Path) -> dict:
+    from hashlearn.codes import pack_bits, save_codes
+
+    codes = info.pop("codes")
+    bits = int(cfg["bits"])
+    for name in ("query", "database"):
+        ids = np.asarray(dataset.ids)[parts[name]]
+        save_codes(run_dir / f"{name}_codes.npz", pack_bits(codes[name]), bits, ids=ids)
+    result = _evaluate(codes["query"], codes["database"], _labels(dataset, parts["query"]),
+                       _labels(dataset, parts["database"]), cfg.get("eval") or {})
+    metrics = {**info, **result.to_dict(curves=True)}
+    metrics["tie_rule"] = metrics.get("ties")
+    metrics = _jsonable(metrics)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def summary_markdown(results: list[dict]) -> str:
+    """One row per run: method, bits, every mAP@R, P@r2, training seconds."""
+    if not results:
+        return ""
+    map_keys = [k for k in results[0] if k.startswith("mAP@")]
+    radius_keys = [k for k in results[0] if k.startswith("P@r")]
+    head = ["method", "dataset", "bits", *map_keys, *radius_keys, "train s", "img/s"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r["method"], str(r["dataset"]), str(r["bits"]), *[f"{r[k]:.4f}" for k in map_keys],
+                 *[f"{r[k]:.4f}" for k in radius_keys], f"{r.get('training_seconds', 0):.1f}",
+                 f"{r.get('images_per_second', 0):.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,444 @@
+"""The one training loop, for every deep method, in fine-tune and frozen-backbone mode.
+
+* Fine-tune: each batch's uint8 images are preprocessed by the backbone, augmented, and
+  run through backbone + head; both are trained (separate learning rates).
+* Frozen: pooled tap features of every image are computed once with the frozen backbone
+  (:func:`pooled_features`); the head trains on ``{tap: (B, C)}`` vectors.
+
+Every epoch: a checkpoint (``checkpoint.pt``, written atomically) that holds the weights,
+optimizer, schedule, the method's own state and the selection state, and one JSON line in
+``log.jsonl``. Model selection and early stopping use the mAP of the *validation* split
+against the training set; the query split is never seen during training. The batch order
+and augmentation of epoch ``e`` depend only on ``(seed, e)``, so a run resumed from the
+checkpoint of epoch ``k`` ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hashlearn.errors import InputError
+from hashlearn.methods.base import Batch, Method, MethodOutput, pool
+
+Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+class HashModel(nn.Module):
+    """Backbone + method head. ``forward`` takes images ``(B, C, H, W)`` or, in frozen mode,
+    a dict of pooled tap features."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, taps: list[str], frozen: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.taps = list(taps)
+        self.frozen = frozen
+        if frozen:
+            for p in backbone.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x) -> MethodOutput:
+        if isinstance(x, dict):
+            feats = x
+        else:
+            if self.frozen:
+                self.backbone.eval()
+                with torch.no_grad():
+                    feats = self.backbone(x)
+                feats = {t: pool(feats[t]) for t in self.taps}
+            else:
+                feats = self.backbone(x)
+        return self.head({t: feats[t] for t in self.taps})
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The weights a run must save: the head, plus the backbone when it is trained."""
+        state = self.state_dict()
+        if self.frozen:
+            state = {k: v for k, v in state.items() if k.startswith("head.")}
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        wanted = set(self.trainable_state())
+        if unexpected or (wanted & set(missing)):
+            raise InputError(f"saved weights do not fit this model (missing {list(missing)[:3]}, "
+                             f"unexpected {list(unexpected)[:3]})")
+
+
+def pooled_features(backbone, images: np.ndarray, taps: list[str], size: int, batch_size: int = 256,
+                    device: torch.device | None = None, progress: bool = False,
+                    desc: str = "features") -> dict[str, np.ndarray]:
+    """Pooled ``(N, C)`` float32 features of each tap (global average of feature maps)."""
+    device = device or torch.device("cpu")
+    backbone.eval()
+    out: dict[str, list[np.ndarray]] = {t: [] for t in taps}
+    bar = _bar(range(0, len(images), batch_size), progress, desc, unit="batch")
+    with torch.no_grad():
+        for start in bar:
+            x = backbone.preprocess(np.asarray(images[start:start + batch_size]), size).to(device)
+            feats = backbone(x)
+            for t in taps:
+                out[t].append(pool(feats[t]).float().cpu().numpy())
+    return {t: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for t, v in out.items()}
+
+
+def _bar(iterable, enabled: bool, desc: str, **kw):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+def augment(x: torch.Tensor, hflip: bool, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and translations by up to ``padding`` px (zero fill), per sample."""
+    n = len(x)
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if padding > 0:
+        h, w = x.shape[-2:]
+        padded = nn.functional.pad(x, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).tolist()
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return x
+
+
+@dataclass
+class TrainState:
+    """What hooks see. ``method_state`` is the method's own tensors (checkpointed)."""
+
+    trainer: Trainer
+    epoch: int = 0
+    step: int = 0
+    train_labels: torch.Tensor | None = None
+    method_state: dict[str, Any] = field(default_factory=dict)
+
+    def encode_train(self) -> torch.Tensor:
+        """Relaxed codes ``u`` of the whole training set (eval mode), ``(N, bits)``."""
+        return self.trainer.forward_all(self.trainer.train_inputs, len(self.trainer.train_labels))
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_map: float | None
+    epochs_run: int
+    training_seconds: float
+    images_per_second: float
+    stopped_early: bool
+
+
+class Trainer:
+    """Train ``method`` on ``train`` (with selection on ``val``) and write to ``out_dir``.
+
+    ``train``/``val`` are dicts with ``images`` (uint8 NHWC, fine-tune mode) or ``features``
+    (dict tap → (N, C) float, frozen mode) and ``labels``. ``evaluator(q_codes, db_codes,
+    q_labels, db_labels) → mAP`` takes ±1 codes; it defaults to :func:`validation_map`.
+    """
+
+    def __init__(self, method: Method, backbone: nn.Module, config: dict, out_dir: str | Path,
+                 train: dict, val: dict | None = None, evaluator: Evaluator | None = None,
+                 image_size: int | None = None):
+        self.method = method
+        self.config = config
+        self.tc = config["train"]
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = pick_device(config.get("device", "auto"))
+        self.seed = int(config.get("seed", 0))
+        self.frozen = bool(config.get("frozen", False))
+        self.image_size = image_size or getattr(backbone, "input_size", None)
+        self.progress = bool(self.tc.get("progress", True))
+        self.evaluator = evaluator or validation_map
+        if self.tc.get("threads"):
+            torch.set_num_threads(int(self.tc["threads"]))
+        # numba's OpenMP layer (used by the evaluator) resets the shared OpenMP thread count;
+        # a different count changes float summation order, so it is restored every epoch
+        self._threads = torch.get_num_threads()
+
+        default_taps = list(getattr(backbone, "default_taps", ()) or [])
+        self.taps = method.taps(default_taps)
+        tap_channels = {t: backbone.tap_channels[t] for t in self.taps}
+        torch.manual_seed(self.seed)
+        head = method.build_head(tap_channels, pooled=self.frozen)
+        self.model = HashModel(backbone, head, self.taps, self.frozen).to(self.device)
+
+        self.train_inputs = train["features"] if self.frozen else train["images"]
+        self.train_labels = torch.as_tensor(np.asarray(train["labels"]))
+        self.val = val if val is not None and len(val["labels"]) > 0 else None
+        if len(self.train_labels) < 2:
+            raise InputError("training split has fewer than 2 images")
+        self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler()
+        self.state = TrainState(trainer=self, train_labels=self.train_labels)
+
+    # --- optimisation -------------------------------------------------------------------
+    def _optimizer(self) -> torch.optim.Optimizer:
+        oc = self.config["optim"]
+        lr = float(oc["lr"])
+        blr = oc.get("backbone_lr")
+        if blr is None:
+            blr = lr if getattr(self.model.backbone, "weights_id", "none") == "none" else lr / 10
+        groups = [{"params": list(self.model.head.parameters()), "lr": lr}]
+        if not self.frozen:
+            groups.append({"params": [p for p in self.model.backbone.parameters() if p.requires_grad],
+                           "lr": float(blr)})
+        wd = float(oc.get("weight_decay", 0.0))
+        name = str(oc.get("name", "adam")).lower()
+        if name == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=float(oc.get("momentum", 0.9)), weight_decay=wd)
+        if name == "adam":
+            return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
+        if name == "rmsprop":
+            return torch.optim.RMSprop(groups, lr=lr, momentum=float(oc.get("momentum", 0.0)), weight_decay=wd)
+        raise InputError(f"optim.name: unknown optimizer {name!r}; known: sgd, adam, rmsprop")
+
+    def _scheduler(self):
+        oc = self.config["optim"]
+        name = str(oc.get("schedule", "none")).lower()
+        epochs = int(self.tc["epochs"])
+        if name == "none":
+            return None
+        if name == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(epochs, 1))
+        if name == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=int(oc.get("step_size", 10)),
+                                                   gamma=float(oc.get("gamma", 0.1)))
+        raise InputError(f"optim.schedule: unknown schedule {name!r}; known: none, cosine, step")
+
+    # --- inputs -------------------------------------------------------------------------
+    def _inputs(self, source, idx: np.ndarray, train: bool, generator: torch.Generator | None = None):
+        if self.frozen:
+            return {t: torch.as_tensor(np.asarray(source[t][idx]), dtype=torch.float32).to(self.device)
+                    for t in self.taps}
+        x = self.model.backbone.preprocess(np.asarray(source[idx]), self.image_size)
+        if train:
+            ac = self.config.get("augment", {}) or {}
+            x = augment(x, bool(ac.get("hflip", False)), int(ac.get("crop_padding", 0)), generator)
+        return x.to(self.device)
+
+    def forward_all(self, source, n: int) -> torch.Tensor:
+        """Relaxed codes of ``n`` items of ``source`` in eval mode (no augmentation)."""
+        torch.set_num_threads(self._threads)
+        was_training = self.model.training
+        self.model.eval()
+        bs = int(self.tc.get("feature_batch_size", 256))
+        outs = []
+        with torch.no_grad():
+            for start in range(0, n, bs):
+                idx = np.arange(start, min(n, start + bs))
+                outs.append(self.model(self._inputs(source, idx, train=False)).codes.float().cpu())
+        self.model.train(was_training)
+        return torch.cat(outs) if outs else torch.zeros(0, self.method.bits)
+
+    # --- checkpoints --------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def _save(self, obj: dict, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+
+    def _checkpoint(self, epoch: int, best: dict, bad_evals: int, seconds: float, images: int,
+                    stopped_early: bool = False) -> None:
+        self._save({
+            "epoch": epoch,
+            "model": self.model.trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "method_state": self.method.state_dict(),
+            "best": best,
+            "bad_evals": bad_evals,
+            "seconds": seconds,
+            "images": images,
+            "step": self.state.step,
+            "stopped_early": stopped_early,
+        }, self.checkpoint_path)
+
+    def _resume(self) -> dict | None:
+        if not self.checkpoint_path.exists():
+            return None
+        ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.model.load_trainable_state(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler and ckpt.get("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.method.load_state_dict(ckpt.get("method_state") or {})
+        self.state.step = int(ckpt.get("step", 0))
+        # drop log lines of epochs after the checkpoint (the killed run may have logged them)
+        log = self.out_dir / "log.jsonl"
+        if log.exists():
+            keep = [ln for ln in log.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("epoch", 0) <= ckpt["epoch"]]
+            log.write_text("".join(ln + "\n" for ln in keep))
+        return ckpt
+
+    # --- the loop -----------------------------------------------------------------------
+    def fit(self, resume: bool = True) -> TrainResult:
+        epochs = int(self.tc["epochs"])
+        batch_size = int(self.tc["batch_size"])
+        eval_every = max(1, int(self.tc.get("eval_every", 1)))
+        patience = int(self.tc.get("patience", 0) or 0)
+        n = len(self.train_labels)
+        best = {"map": None, "epoch": 0}
+        bad_evals, seconds, images, start_epoch = 0, 0.0, 0, 1
+        ckpt = self._resume() if resume else None
+        if ckpt is not None:
+            best, bad_evals = ckpt["best"], ckpt["bad_evals"]
+            seconds, images, start_epoch = ckpt["seconds"], ckpt["images"], ckpt["epoch"] + 1
+            self._say(f"resuming from epoch {ckpt['epoch']} ({self.checkpoint_path})")
+        elif not resume:
+            for p in (self.checkpoint_path, self.best_path, self.out_dir / "log.jsonl"):
+                p.unlink(missing_ok=True)
+        self.method.on_train_start(self.state)
+        stopped_early = False
+        last_epoch = start_epoch - 1
+        if ckpt is not None and ckpt.get("stopped_early"):
+            start_epoch = epochs + 1
+        for epoch in range(start_epoch, epochs + 1):
+            self.state.epoch = last_epoch = epoch
+            torch.set_num_threads(self._threads)
+            torch.manual_seed(self.seed * 100_003 + epoch)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(n, generator=gen).numpy()
+            n_batches = n // batch_size if n >= batch_size else 1  # drop the last partial batch
+            self.method.on_epoch_start(self.state)
+            self.model.train()
+            if self.frozen:
+                self.model.backbone.eval()
+            t0 = time.perf_counter()
+            total, parts_sum, seen = 0.0, {}, 0
+            bar = _bar(range(n_batches), self.progress, f"epoch {epoch}/{epochs}", unit="batch")
+            for b in bar:
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                x = self._inputs(self.train_inputs, idx, train=True, generator=gen)
+                labels = self.train_labels[idx].to(self.device)
+                batch = Batch(labels=labels, index=torch.as_tensor(idx), inputs=x)
+                out = self.model(x)
+                loss = self.method.loss(out, batch)
+                if not torch.isfinite(loss):
+                    raise InputError(f"loss became {float(loss)} at epoch {epoch}; lower optim.lr")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.state.step += 1
+                self.method.on_batch_end(self.state, batch, out)
+                total += float(loss.detach()) * len(idx)
+                for k, v in self.method.last_parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v * len(idx)
+                seen += len(idx)
+                if self.progress and hasattr(bar, "set_postfix"):
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{rate:.0f}")
+            if self.scheduler:
+                self.scheduler.step()
+            self.method.on_epoch_end(self.state)
+            epoch_seconds = time.perf_counter() - t0
+            seconds += epoch_seconds
+            images += seen
+            record = {"epoch": epoch, "loss": total / max(seen, 1),
+                      "parts": {k: v / max(seen, 1) for k, v in parts_sum.items()},
+                      "lr": [g["lr"] for g in self.optimizer.param_groups],
+                      "seconds": round(epoch_seconds, 3),
+                      "images_per_second": round(seen / max(epoch_seconds, 1e-9), 1)}
+            if self.val is not None and (epoch % eval_every == 0 or epoch == epochs):
+                val_map = self.validate()
+                record["val_map"] = val_map
+                if best["map"] is None or val_map > best["map"]:
+                    best = {"map": val_map, "epoch": epoch}
+                    bad_evals = 0
+                    self._save({"epoch": epoch, "model": self.model.trainable_state(), "val_map": val_map},
+                               self.best_path)
+                else:
+                    bad_evals += 1
+            elif self.val is None:
+                best = {"map": None, "epoch": epoch}
+                self._save({"epoch": epoch, "model": self.model.trainable_state(), "val_map": None}, self.best_path)
+            record["best_epoch"] = best["epoch"]
+            with open(self.out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            stopped_early = patience > 0 and bad_evals >= patience and epoch < epochs
+            self._checkpoint(epoch, best, bad_evals, seconds, images, stopped_early)
+            val_txt = f" val mAP {record['val_map']:.4f}" if "val_map" in record else ""
+            self._say(f"epoch {epoch}/{epochs} loss {record['loss']:.4f}{val_txt} "
+                      f"({record['images_per_second']:.0f} img/s, best epoch {best['epoch']})")
+            if stopped_early:
+                self._say(f"early stopping: no validation improvement in {patience} evaluations")
+                break
+        if self.best_path.exists():
+            self.model.load_trainable_state(torch.load(self.best_path, map_location=self.device,
+                                                       weights_only=False)["model"])
+        return TrainResult(best_epoch=int(best["epoch"]), best_val_map=best["map"],
+                           epochs_run=last_epoch,
+                           training_seconds=seconds, images_per_second=images / max(seconds, 1e-9),
+                           stopped_early=stopped_early)
+
+    def validate(self) -> float:
+        """mAP of validation codes against training-set codes (never the query split)."""
+        val_inputs = self.val["features"] if self.frozen else self.val["images"]
+        q = self.forward_all(val_inputs, len(self.val["labels"]))
+        db = self.forward_all(self.train_inputs, len(self.train_labels))
+        sgn = lambda u: np.where(u.numpy() >= 0, 1, -1).astype(np.int8)  # noqa: E731
+        return float(self.evaluator(sgn(q), sgn(db), np.asarray(self.val["labels"]), self.train_labels.numpy()))
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+
+
+def validation_map(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
+                   topk: int | None = None) -> float:
+    """mAP@R (R = all by default) of ±1 codes with ``s = 1[y_q^T y_x > 0]``; a query with no
+    relevant item in the top R counts 0; ties broken by database order (stable sort).
+
+    A small self-contained metric for model selection during training; the reported
+    figures come from :func:`hashlearn.eval.evaluate`.
+    """
+    q = torch.as_tensor(q_codes, dtype=torch.float32)
+    d = torch.as_tensor(db_codes, dtype=torch.float32)
+    bits = q.shape[1]
+    ql, dl = np.asarray(q_labels), np.asarray(db_labels)
+    R = len(d) if topk is None else min(int(topk), len(d))
+    aps = []
+    for start in range(0, len(q), 256):
+        ham = 0.5 * (bits - q[start:start + 256] @ d.T)
+        order = torch.argsort(ham, dim=1, stable=True)[:, :R].numpy()
+        if ql.ndim == 1:
+            rel = (dl[order] == ql[start:start + 256, None])
+        else:
+            rel = (np.einsum("qc,qrc->qr", ql[start:start + 256].astype(np.int32), dl[order].astype(np.int32)) > 0)
+        rel = rel.astype(np.float64)
+        hits = np.cumsum(rel, axis=1)
+        prec = hits / np.arange(1, R + 1)
+        n_rel = rel.sum(1)
+        aps.append(np.where(n_rel > 0, (prec * rel).sum(1) / np.maximum(n_rel, 1), 0.0))
+    return float(np.concatenate(aps).mean()) if aps else 0.0

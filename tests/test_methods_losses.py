@@ -1,0 +1,133 @@
+"""DPSH and DMSH on tiny data: shapes, gradients, a falling loss, every option."""
+
+import pytest
+import torch
+
+from hashlearn.errors import InputError
+from hashlearn.methods import get_method, load_all
+from hashlearn.methods.base import Batch, pairwise_likelihood_loss, quantization_loss, similarity
+
+
+def tiny_batch(n=16, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    maps = {"s1": torch.randn(n, 8, 6, 6, generator=g), "s2": torch.randn(n, 16, 3, 3, generator=g)}
+    # make features carry the label so the loss can fall
+    maps["s2"][:, :classes, :, :] += 2 * torch.nn.functional.one_hot(labels, classes).float()[:, :, None, None]
+    maps["pool"] = maps["s2"]
+    return maps, Batch(labels=labels, index=torch.arange(n))
+
+
+def test_similarity_single_and_multilabel():
+    assert similarity(torch.tensor([0, 1, 0]), torch.tensor([0, 1])).tolist() == [[1, 0], [0, 1], [1, 0]]
+    y = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 1]])
+    assert similarity(y, y).tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 1]]
+    with pytest.raises(InputError):
+        similarity(torch.tensor([0, 1]), y)
+
+
+def test_likelihood_matches_formula():
+    u = torch.tensor([[1.0, -1.0], [1.0, 1.0]])
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    theta = 0.5 * u @ u.T
+    expected = (torch.log1p(torch.exp(theta)) - s * theta).mean()
+    assert torch.allclose(pairwise_likelihood_loss(u, u, s), expected)
+    # codes exactly at ±1 have zero quantization error; sign(0)=+1
+    assert quantization_loss(torch.tensor([[1.0, -1.0]])) == 0
+    assert quantization_loss(torch.tensor([[0.0, 0.0]])) == 1
+
+
+def test_focal_and_balance_change_the_loss():
+    u = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    s = similarity(torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 0, 1, 1, 2, 2]))
+    plain = pairwise_likelihood_loss(u, u, s)
+    focal = pairwise_likelihood_loss(u, u, s, focal_gamma=2.0)
+    assert focal < plain  # (1 - p_t)^γ <= 1 down-weights every pair
+    assert not torch.isclose(pairwise_likelihood_loss(u, u, s, balance=True), plain)
+
+
+def test_registry_lists_both_methods_with_papers():
+    registry = load_all()
+    for name in ("dpsh", "dmsh"):
+        info = registry.info(name)
+        assert info["paper"] and info["summary"] and info["kind"] == "deep"
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.parametrize("name", ["dpsh", "dmsh"])
+def test_shapes_gradients_and_falling_loss(name, pooled):
+    torch.manual_seed(0)
+    maps, batch = tiny_batch()
+    features = {t: (x.mean(dim=(2, 3)) if pooled else x) for t, x in maps.items()}
+    method = get_method(name)(bits=12)
+    taps = method.taps(["s1", "s2"])
+    head = method.build_head({t: features[t].shape[1] for t in taps}, pooled=pooled)
+    out = head(features)
+    assert out.codes.shape == (16, 12)
+    loss = method.loss(out, batch)
+    loss.backward()
+    params = [p for p in head.parameters() if p.requires_grad]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), "every head parameter gets a gradient"
+    if name == "dmsh":
+        assert set(out.extras["scales"]) == {"s1", "s2"}
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2 if name == "dpsh" else 1e-3)
+    first = None
+    for _ in range(40):
+        opt.zero_grad()
+        loss = method.loss(head(features), batch)
+        first = float(loss.detach()) if first is None else first
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.8 * first
+
+
+def test_dmsh_options_change_the_loss():
+    torch.manual_seed(0)
+    maps, batch = tiny_batch()
+    cls = get_method("dmsh")
+
+    def loss_of(**kw):
+        torch.manual_seed(0)
+        m = cls(bits=8, **kw)
+        head = m.build_head({"s1": 8, "s2": 16}, pooled=False)
+        head.eval()
+        return float(m.loss(head(maps), batch))
+
+    base = loss_of()
+    assert loss_of(focal_gamma=2.0) < base
+    assert loss_of(deep_supervision=0.0) < base
+    assert loss_of(balance=True) != base
+    assert loss_of(eta=5.0) > base
+    avg = cls(bits=8, fusion="average")
+    head = avg.build_head({"s1": 8, "s2": 16}, pooled=False)
+    out = head(maps)
+    assert torch.allclose(out.codes, torch.stack(list(out.extras["scales"].values())).mean(0))
+    with pytest.raises(InputError):
+        cls(bits=8, fusion="max")
+
+
+def test_memory_is_used_and_checkpointable():
+    maps, batch = tiny_batch()
+    m = get_method("dpsh")(bits=8, memory=32)
+    head = m.build_head({"s2": 16}, pooled=False)
+    out = head(maps)
+    before = float(m.loss(out, batch))
+    m.on_batch_end(None, batch, out)
+    assert m.state_dict()["memory_codes"].shape == (16, 8)
+    after = float(m.loss(head(maps), batch))
+    assert after != before
+    fresh = get_method("dpsh")(bits=8, memory=32)
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.state_dict()["memory_codes"], m.state_dict()["memory_codes"])
+
+
+def test_dmsh_mlp_scale_heads_and_linear_codes():
+    maps, batch = tiny_batch()
+    m = get_method("dmsh")(bits=8, scale_head="mlp", activation="none", mid_channels=8)
+    head = m.build_head({"s1": 8, "s2": 16}, pooled=False)
+    assert all(h.pooled for h in head.scales.values())  # feature maps are pooled, then an MLP
+    out = head(maps)
+    assert out.codes.shape == (16, 8) and out.codes.abs().max() > 0
+    for bad in ({"scale_head": "x"}, {"activation": "relu"}):
+        with pytest.raises(InputError):
+            get_method("dmsh")(bits=8, **bad)

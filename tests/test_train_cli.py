@@ -1,0 +1,98 @@
+"""The ``train``, ``encode`` and ``methods`` commands end to end on scikit-learn's digits."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hashlearn.cli import main
+from hashlearn.codes import load_codes
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    import os
+
+    old = os.environ.get("HASHLEARN_CACHE")
+    os.environ["HASHLEARN_CACHE"] = str(root / "cache")
+    out = root / "run"
+    rc = main(["train", "--method", "dmsh", "--dataset", "digits", "--protocol", "per-class",
+               "--set", "protocol_args={query_per_class: 10, train_per_class: 30}", "--bits", "8,16",
+               "--epochs", "1", "--set", "backbone_args={width: 4}", "--set", "method_args.mid_channels=8",
+               "--out", str(out), "--quiet", "--seed", "3"])
+    yield rc, out, root
+    if old is None:
+        os.environ.pop("HASHLEARN_CACHE", None)
+    else:
+        os.environ["HASHLEARN_CACHE"] = old
+
+
+def test_train_writes_a_run_per_code_length(digits_run, capsys):
+    rc, out, _ = digits_run
+    assert rc == 0
+    for bits in (8, 16):
+        metrics = json.loads((out / f"{bits}bits/metrics.json").read_text())
+        assert metrics["bits"] == bits and metrics["seed"] == 3 and metrics["protocol"] == "per-class"
+        assert metrics["sizes"]["query"] == 100 and metrics["n_db"] == metrics["sizes"]["database"]
+        assert 0 <= metrics["mAP@all"] <= 1
+    assert "| dmsh | digits | 16 |" in (out / "summary.md").read_text()
+
+
+def test_encode_dataset_and_image_folder_agree(digits_run, tmp_path):
+    _, out, _ = digits_run
+    run = out / "16bits"
+    assert main(["encode", "--run", str(run), "--dataset", "digits", "--out", str(tmp_path / "all.npz")]) == 0
+    codes = load_codes(tmp_path / "all.npz")
+    assert codes.packed.shape == (1797, 2) and codes.bits == 16
+    db = load_codes(run / "database_codes.npz")
+    pos = {i: n for n, i in enumerate(codes.ids)}
+    assert np.array_equal(codes.packed[[pos[i] for i in db.ids]], db.packed)  # same codes as the run's
+
+    from PIL import Image
+
+    from hashlearn.data import load_dataset
+    from hashlearn.train import encode_images
+
+    ds = load_dataset("digits")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(ds.images[i, :, :, 0]).save(folder / f"{i}.png")
+    assert main(["encode", "--run", str(run), "--images", str(folder), "--out", str(tmp_path / "f.npz")]) == 0
+    f = load_codes(tmp_path / "f.npz")
+    assert list(f.ids) == [f"{i}.png" for i in range(5)]
+    assert np.array_equal(f.packed, codes.packed[[pos[ds.ids[i]] for i in range(5)]])
+    packed, bits = encode_images(run, [folder / "0.png"])
+    assert bits == 16 and np.array_equal(packed, f.packed[:1])
+
+
+def test_encode_errors_are_one_line(digits_run, tmp_path, capsys):
+    _, out, _ = digits_run
+    assert main(["encode", "--run", str(out), "--dataset", "digits", "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a hashlearn run folder" in err and "16bits" in err and "\n" not in err
+
+
+def test_shallow_method_goes_through_train(digits_run, tmp_path):
+    out = tmp_path / "itq"
+    assert main(["train", "--method", "itq", "--dataset", "digits", "--protocol", "per-class",
+                 "--set", "protocol_args={query_per_class: 10, train_per_class: 30}", "--bits", "8",
+                 "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "8bits/metrics.json").read_text())
+    assert metrics["kind"] == "shallow" and metrics["features"] == "pixels" and metrics["mAP@all"] > 0.2
+    assert load_codes(out / "8bits/query_codes.npz").packed.shape == (100, 1)
+
+
+def test_methods_lists_deep_and_shallow_with_papers(capsys):
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    assert "deep:" in text and "shallow:" in text
+    for name, paper in (("dmsh", "Redaoui"), ("dpsh", "IJCAI 2016"), ("itq", "Gong")):
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(name + " "))
+        assert paper in line
+
+
+def test_bad_override_is_a_one_line_error(capsys):
+    assert main(["train", "--set", "optim.nope=1", "--quiet"]) == 2
+    assert "unknown setting 'optim.nope'" in capsys.readouterr().err
