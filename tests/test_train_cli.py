@@ -96,3 +96,32 @@ def test_methods_lists_deep_and_shallow_with_papers(capsys):
 def test_bad_override_is_a_one_line_error(capsys):
     assert main(["train", "--set", "optim.nope=1", "--quiet"]) == 2
     assert "unknown setting 'optim.nope'" in capsys.readouterr().err
+
+
+def test_search_by_image_finds_the_image_itself(digits_run, tmp_path, capsys):
+    """`hashlearn search --run RUN --codes DB --image q.png`: the model encodes the image and
+    the database copy of that very image comes back at Hamming distance 0."""
+    from PIL import Image
+
+    from hashlearn.data import load_dataset
+
+    _, out, _ = digits_run
+    run = out / "16bits"
+    db = run / "database_codes.npz"
+    ds = load_dataset("digits")
+    db_ids = list(load_codes(db).ids)
+    target = db_ids[7]
+    image = tmp_path / "query.png"
+    Image.fromarray(ds.images[list(ds.ids).index(target), :, :, 0]).save(image)
+    capsys.readouterr()
+    assert main(["search", "--run", str(run), "--codes", str(db), "--image", str(image), "-k", "10", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 10
+    assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+    assert all(isinstance(h["id"], str) for h in hits)
+    # range search at radius 0: every database code equal to the query's; the image's own is among them
+    assert main(["search", "--run", str(run), "--codes", str(db), "--image", str(image), "--radius", "0",
+                 "--json"]) == 0
+    exact = json.loads(capsys.readouterr().out)["results"]
+    assert target in [h["id"] for h in exact]
+    assert all(h["distance"] == 0 for h in exact)

@@ -25,7 +25,6 @@ COMMAND_MODULES = (
     "hashlearn.train.commands",
     "hashlearn.eval.commands",
     "hashlearn.index.commands",
-    "hashlearn.serve.commands",
 )
 
 

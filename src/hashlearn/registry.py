@@ -14,7 +14,8 @@ Each kind of pluggable thing (datasets, protocols, backbones, methods) has one
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from hashlearn.errors import NotFoundError
 

@@ -225,6 +225,7 @@ def cmd_search(args) -> int:
     if args.k < 1 and args.radius is None:
         raise InputError(f"-k must be at least 1, got {args.k}")
     coll = None
+    names = None
     if args.collection:
         from hashlearn.index.collection import Collection
 
@@ -235,7 +236,12 @@ def cmd_search(args) -> int:
 
         cs = load_codes(args.codes)
         index = HammingIndex(cs.bits, method=args.method)
-        index.add(cs.packed, cs.ids)
+        if np.issubdtype(cs.ids.dtype, np.integer):
+            index.add(cs.packed, cs.ids)
+        else:
+            # string ids (image paths, dataset ids): index by position, report the file's ids
+            index.add(cs.packed)
+            names = cs.ids
     queries = _query_codes(args, index.bits)
     results = []
     if args.radius is not None:
@@ -248,7 +254,7 @@ def cmd_search(args) -> int:
     for qi, (d, i) in enumerate(runs):
         hits = []
         for rank, (dd, ii) in enumerate(zip(d.tolist(), i.tolist(), strict=True)):
-            hit = {"rank": rank + 1, "id": ii, "distance": dd}
+            hit = {"rank": rank + 1, "id": ii if names is None else str(names[ii]), "distance": dd}
             if ii in meta:
                 hit.update(path=meta[ii]["path"], label=meta[ii]["label"])
             hits.append(hit)

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from hashlearn.codes import sign
 from hashlearn.errors import HashlearnError, InputError
 from hashlearn.methods import register_method
 
 
 def _sign_int8(z: np.ndarray) -> np.ndarray:
-    """±1 int8 with sign(0) = +1."""
-    return np.where(z >= 0, 1, -1).astype(np.int8)
+    """±1 int8 with sign(0) = +1 (:func:`hashlearn.codes.sign`)."""
+    return sign(z)
 
 
 def _pca(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ _EXPORTS = {
     "Trainer": "hashlearn.train.trainer",
     "TrainState": "hashlearn.train.trainer",
     "HashModel": "hashlearn.train.trainer",
-    "validation_map": "hashlearn.train.trainer",
+    "make_validation_evaluator": "hashlearn.train.trainer",
     "encode_images": "hashlearn.train.encode",
     "encode_dataset": "hashlearn.train.encode",
     "RunEncoder": "hashlearn.train.encode",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hashlearn.codes import sign
 from hashlearn.errors import InputError, NotFoundError
 
 
@@ -86,7 +87,7 @@ class RunEncoder:
             for start in range(0, len(images), batch_size):
                 x = self.model.backbone.preprocess(images[start:start + batch_size], self.image_size)
                 u = self.model(x).codes
-                out.append(np.where(u.numpy() >= 0, 1, -1).astype(np.int8))
+                out.append(sign(u.numpy()))
         return np.concatenate(out) if out else np.zeros((0, self.bits), np.int8)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from hashlearn.codes import sign
 from hashlearn.errors import HashlearnError, InputError
 from hashlearn.train.config import save_config
 
@@ -89,20 +90,6 @@ def _evaluate(q_codes, db_codes, q_labels, db_labels, ecfg: dict):
     topk = tuple(ecfg.get("topk") or ("all",))
     return evaluate(q_codes, db_codes, q_labels, db_labels, topk=topk, radius=int(ecfg.get("radius", 2)),
                     ties=str(ecfg.get("ties", "expected")))
-
-
-def make_validation_evaluator(config: dict):
-    """mAP@R (R = ``train.val_topk``) by :func:`hashlearn.eval.evaluate` with the run's tie rule."""
-    topk = config["train"].get("val_topk", "all")
-    ties = config.get("eval", {}).get("ties", "expected")
-
-    def evaluator(q_codes, db_codes, q_labels, db_labels) -> float:
-        from hashlearn.eval import evaluate
-
-        r = evaluate(q_codes, db_codes, q_labels, db_labels, topk=(topk,), ties=ties)
-        return float(next(iter(r.map.values())))
-
-    return evaluator
 
 
 def image_size_for(config: dict, dataset, backbone_name: str) -> int | None:
@@ -262,7 +249,7 @@ def _train_deep(cfg, method, dataset, parts, run_dir: Path, resume, evaluator, p
         return d
 
     trainer = Trainer(method, backbone, cfg, run_dir, train=part("train"), val=part("val"),
-                      evaluator=evaluator or make_validation_evaluator(cfg), image_size=int(size))
+                      evaluator=evaluator, image_size=int(size))
     if len(parts["val"]) == 0:
         _say("note: the protocol has no validation split; the last epoch is kept (no model selection)", progress)
     result = trainer.fit(resume=resume)
@@ -271,7 +258,7 @@ def _train_deep(cfg, method, dataset, parts, run_dir: Path, resume, evaluator, p
         p = part(name)
         source = p["features"] if features is not None else p["images"]
         u = trainer.forward_all(source, len(parts[name]))
-        codes[name] = np.where(u.numpy() >= 0, 1, -1).astype(np.int8)
+        codes[name] = sign(u.numpy())
     return {"codes": codes, "backbone": cfg["backbone"], "weights": str(cfg.get("weights")),
             "frozen": bool(cfg.get("frozen")), "image_size": int(size), "taps": taps,
             "best_epoch": result.best_epoch, "val_mAP": result.best_val_map, "epochs_run": result.epochs_run,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hashlearn.codes import sign
 from hashlearn.errors import InputError
 from hashlearn.methods.base import Batch, Method, MethodOutput, pool
 
@@ -154,7 +155,7 @@ class Trainer:
 
     ``train``/``val`` are dicts with ``images`` (uint8 NHWC, fine-tune mode) or ``features``
     (dict tap → (N, C) float, frozen mode) and ``labels``. ``evaluator(q_codes, db_codes,
-    q_labels, db_labels) → mAP`` takes ±1 codes; it defaults to :func:`validation_map`.
+    q_labels, db_labels) → mAP`` takes ±1 codes; it defaults to :func:`make_validation_evaluator`.
     """
 
     def __init__(self, method: Method, backbone: nn.Module, config: dict, out_dir: str | Path,
@@ -170,7 +171,7 @@ class Trainer:
         self.frozen = bool(config.get("frozen", False))
         self.image_size = image_size or getattr(backbone, "input_size", None)
         self.progress = bool(self.tc.get("progress", True))
-        self.evaluator = evaluator or validation_map
+        self.evaluator = evaluator or make_validation_evaluator(config)
         if self.tc.get("threads"):
             torch.set_num_threads(int(self.tc["threads"]))
         # numba's OpenMP layer (used by the evaluator) resets the shared OpenMP thread count;
@@ -405,8 +406,8 @@ class Trainer:
         val_inputs = self.val["features"] if self.frozen else self.val["images"]
         q = self.forward_all(val_inputs, len(self.val["labels"]))
         db = self.forward_all(self.train_inputs, len(self.train_labels))
-        sgn = lambda u: np.where(u.numpy() >= 0, 1, -1).astype(np.int8)  # noqa: E731
-        return float(self.evaluator(sgn(q), sgn(db), np.asarray(self.val["labels"]), self.train_labels.numpy()))
+        return float(self.evaluator(sign(q.numpy()), sign(db.numpy()), np.asarray(self.val["labels"]),
+                                    self.train_labels.numpy()))
 
     def _say(self, text: str) -> None:
         if self.progress:
@@ -415,30 +416,17 @@ class Trainer:
             tqdm.write(text, file=sys.stderr)
 
 
-def validation_map(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
-                   topk: int | None = None) -> float:
-    """mAP@R (R = all by default) of ±1 codes with ``s = 1[y_q^T y_x > 0]``; a query with no
-    relevant item in the top R counts 0; ties broken by database order (stable sort).
+def make_validation_evaluator(config: dict):
+    """The model-selection metric: mAP@R (R = ``train.val_topk``) of the validation queries
+    against the training images, computed by :func:`hashlearn.eval.evaluate` (the one
+    evaluator) with the run's tie rule."""
+    topk = config.get("train", {}).get("val_topk", "all")
+    ties = config.get("eval", {}).get("ties", "expected")
 
-    A small self-contained metric for model selection during training; the reported
-    figures come from :func:`hashlearn.eval.evaluate`.
-    """
-    q = torch.as_tensor(q_codes, dtype=torch.float32)
-    d = torch.as_tensor(db_codes, dtype=torch.float32)
-    bits = q.shape[1]
-    ql, dl = np.asarray(q_labels), np.asarray(db_labels)
-    R = len(d) if topk is None else min(int(topk), len(d))
-    aps = []
-    for start in range(0, len(q), 256):
-        ham = 0.5 * (bits - q[start:start + 256] @ d.T)
-        order = torch.argsort(ham, dim=1, stable=True)[:, :R].numpy()
-        if ql.ndim == 1:
-            rel = (dl[order] == ql[start:start + 256, None])
-        else:
-            rel = (np.einsum("qc,qrc->qr", ql[start:start + 256].astype(np.int32), dl[order].astype(np.int32)) > 0)
-        rel = rel.astype(np.float64)
-        hits = np.cumsum(rel, axis=1)
-        prec = hits / np.arange(1, R + 1)
-        n_rel = rel.sum(1)
-        aps.append(np.where(n_rel > 0, (prec * rel).sum(1) / np.maximum(n_rel, 1), 0.0))
-    return float(np.concatenate(aps).mean()) if aps else 0.0
+    def evaluator(q_codes, db_codes, q_labels, db_labels) -> float:
+        from hashlearn.eval import evaluate
+
+        result = evaluate(q_codes, db_codes, q_labels, db_labels, topk=(topk,), ties=ties)
+        return float(next(iter(result.map.values())))
+
+    return evaluator
