@@ -5,11 +5,14 @@ each timing the median of ``--repeats``; exactness is checked against FAISS's di
 
     python bench/search.py            # full run (about 10 minutes on 2 cores)
     python bench/search.py --quick    # 100k codes, for a smoke test
+    python bench/search.py --only breakeven   # re-measure and rewrite only the break-even section
+    python bench/search.py --only calibrate   # fit the cost-model constants of ``auto`` (prints them)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import shlex
@@ -158,9 +161,21 @@ def break_even(repeats, log):
                 flat.search(q[:4], K)
                 tf = timed(lambda flat=flat, q=q: flat.search(q, K), repeats)[0]
                 tm = timed(lambda mih=mih, q=q: mih.search(q, K), repeats)[0]
-                auto = HammingIndex(bits)
+                auto = HammingIndex(bits)  # method="auto": what its search of these queries picks
                 auto.add(db)
-                row = {"bits": bits, "kind": kind, "n": n, "flat_s": tf, "mih_s": tm, "auto": auto.choose_method(k=K)}
+                est = auto.estimate_costs(k=K, queries=q)
+                auto.search(q, K)
+                row = {
+                    "bits": bits,
+                    "kind": kind,
+                    "n": n,
+                    "flat_s": tf,
+                    "mih_s": tm,
+                    "auto": auto.last_method,
+                    "est_flat_ms": est["linear_ns"] / 1e6,
+                    "est_mih_ms": est["mih_ns"] / 1e6,
+                }
+                row["load"] = os.getloadavg()
                 log(row)
                 out.append(row)
                 if tm < tf and found is None:
@@ -170,8 +185,143 @@ def break_even(repeats, log):
     return out
 
 
+CALIBRATION = [  # (bits, codes, n): both sides of the break-even, probe-bound and verify-bound
+    (32, "clustered", 30_000),
+    (32, "uniform", 30_000),
+    (32, "uniform", 300_000),
+    (32, "uniform", 1_000_000),
+    (64, "clustered", 10_000),
+    (64, "clustered", 100_000),
+    (64, "clustered", 1_000_000),
+    (64, "uniform", 100_000),
+    (64, "uniform", 1_000_000),
+    (128, "clustered", 300_000),
+    (128, "uniform", 30_000),
+    (256, "clustered", 100_000),
+    (256, "uniform", 10_000),
+]
+
+
+def calibrate(log):
+    """Fit the constants of ``hashlearn.index.hamming``'s cost model on one thread (k = 100).
+
+    Scan: time per query = SCAN_QUERY_NS + SCAN_NS_PER_WORD x n x words. MIH: PROBE_NS x probes in
+    tables of at most CACHED_SUBSTRING_BITS-bit substrings + PROBE_MISS_NS x other probes + VERIFY_NS
+    x bucket entries, the counts being those the cost model estimates from its sample; least squares
+    on relative error, non-negative.
+    """
+    import numba
+    from scipy.optimize import nnls
+
+    from hashlearn.index import HammingIndex
+
+    numba.set_num_threads(1)
+    nq = 32
+    flat_rows, mih_rows = [], []
+    for bits, kind, n in CALIBRATION:
+        db = make_codes(kind, n, max(bits, 64), seed=3)[:, : bits // 8]
+        q = make_codes(kind, nq, max(bits, 64), seed=4)[:, : bits // 8]
+        flat = HammingIndex(bits, method="flat")
+        flat.add(db)
+        mih = HammingIndex(bits, method="mih")
+        mih.add(db)
+        flat.search(q[:4], K)
+        mih.search(q[:4], K)
+        tf = min(timed(lambda flat=flat, q=q: flat.search(q, K), 1)[0] for _ in range(3)) / nq * 1e9
+        tm = min(timed(lambda mih=mih, q=q: mih.search(q, K), 1)[0] for _ in range(3)) / nq * 1e9
+        cached = missed = cand = 0.0
+        for g in range(0, nq, 8):  # the counts the cost model estimates, 8 queries at a time
+            est = mih._sampled_costs(mih._to_words(q[g : g + 8], "queries"), K, None)
+            cached += est["probes_cached"] / (nq // 8)
+            missed += (est["probes"] - est["probes_cached"]) / (nq // 8)
+            cand += est["candidates"] / (nq // 8)
+        flat_rows.append((n * ((bits + 63) // 64), tf))
+        mih_rows.append((cached, missed, cand, tm))
+        log(
+            {
+                "bits": bits,
+                "kind": kind,
+                "n": n,
+                "flat_ns": tf,
+                "mih_ns": tm,
+                "probes_cached": cached,
+                "probes_missed": missed,
+                "candidates": cand,
+            }
+        )
+    numba.set_num_threads(THREADS)
+    fa = np.array(flat_rows)
+    a = np.c_[np.ones(len(fa)), fa[:, 0]] / fa[:, 1:2]
+    scan_query, scan_word = nnls(a, np.ones(len(fa)))[0]
+    ma = np.array(mih_rows)
+    probe, miss, verify = nnls(ma[:, :3] / ma[:, 3:4], np.ones(len(ma)))[0]
+    fitted = {
+        "SCAN_QUERY_NS": scan_query,
+        "SCAN_NS_PER_WORD": scan_word,
+        "PROBE_NS": probe,
+        "PROBE_MISS_NS": miss,
+        "VERIFY_NS": verify,
+    }
+    print("fitted constants (src/hashlearn/index/hamming.py):")
+    for name, value in fitted.items():
+        print(f"  {name} = {value:.3g}")
+    return fitted
+
+
 def fmt_ms(pair):
     return f"{pair[0]:.2f} / {pair[1]:.2f}"
+
+
+BREAKEVEN_HEADING = "## Break-even: MIH vs flat"
+
+
+def breakeven_section(be, command) -> str:
+    """The break-even section, with its own date, command and load (it can be re-run alone)."""
+    if not be:
+        return f"{BREAKEVEN_HEADING}\n\nNot measured (`--no-break-even`).\n"
+    wrong = sum(r["auto"] != ("mih" if r["mih_s"] < r["flat_s"] else "flat") for r in be)
+    lines = [
+        f"{BREAKEVEN_HEADING} (Q = 200, k = 100)",
+        "",
+        f"Measured {datetime.date.today().isoformat()} with `{command}`; load average before / after: "
+        + " / ".join(f"{x:.2f}" for x in be[0]["load"][:1] + be[-1]["load"][:1])
+        + f" on {os.cpu_count()} cores (other jobs running). Threads: {THREADS}.",
+        "",
+        "`auto` = the method `HammingIndex(bits).search(queries, k)` chose for these very queries "
+        "(`index.last_method`): it samples 16,384 codes and 8 queries to estimate the k-th neighbour's "
+        "distance and the bucket entries MIH would verify, then compares the cost model's estimates "
+        "(per query, one core; columns *est.*). **bold** = auto picked the slower method; the slow-down "
+        f"is the ratio of the two measured times. Auto picked the faster method in {len(be) - wrong} of {len(be)}.",
+        "",
+        "| bits | codes | n | flat s | MIH s | faster | `auto` picks | est. flat / MIH ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in be:
+        faster = "mih" if r["mih_s"] < r["flat_s"] else "flat"
+        pick = r["auto"]
+        if pick != faster:
+            slow = max(r["mih_s"], r["flat_s"]) / min(r["mih_s"], r["flat_s"])
+            pick = f"**{pick}** ({slow:.2f}x slower)"
+        est = (
+            f"{r['est_flat_ms']:.3f} / {r['est_mih_ms']:.3f}" if np.isfinite(r["est_mih_ms"]) else "(n < 16,384: flat)"
+        )
+        lines.append(
+            f"| {r['bits']} | {r['kind']} | {r['n']:,} | {r['flat_s']:.4f} | {r['mih_s']:.4f} | "
+            f"{faster} | {pick} | {est} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def update_breakeven(path: Path, be, command) -> None:
+    """Replace only the break-even section of an existing report (the rest is kept as it is)."""
+    text = path.read_text() if path.exists() else "# Hamming search speed\n\n"
+    start = text.find(BREAKEVEN_HEADING)
+    if start < 0:
+        head, tail = text.rstrip("\n") + "\n\n", ""
+    else:
+        end = text.find("\n## ", start + 1)
+        head, tail = text[:start], ("" if end < 0 else text[end + 1 :])
+    path.write_text(head + breakeven_section(be, command) + ("\n" + tail if tail else ""))
 
 
 def write_report(path, rows, be, bandwidth, command, elapsed):
@@ -235,17 +385,8 @@ def write_report(path, rows, be, bandwidth, command, elapsed):
         )
         + ".",
         "",
-        "## Break-even: MIH vs flat (Q = 200, k = 100)",
-        "",
-        "| bits | codes | n | flat s | MIH s | faster | `auto` picks |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in be:
-        faster = "MIH" if r["mih_s"] < r["flat_s"] else "flat"
-        lines.append(
-            f"| {r['bits']} | {r['kind']} | {r['n']:,} | {r['flat_s']:.4f} | {r['mih_s']:.4f} | "
-            f"{faster} | {r['auto']} |"
-        )
+    lines.append(breakeven_section(be, command))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
@@ -256,6 +397,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="docs/results/search-speed.md")
     parser.add_argument("--no-break-even", action="store_true")
+    parser.add_argument(
+        "--only",
+        choices=["breakeven", "calibrate"],
+        help="breakeven: re-measure only the break-even section and rewrite it in --out, keeping the "
+        "other sections; calibrate: fit and print the cost-model constants (writes nothing)",
+    )
     args = parser.parse_args(argv)
     set_threads(THREADS)
     started = time.perf_counter()
@@ -263,6 +410,15 @@ def main(argv=None) -> int:
     def log(row):
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
+    given = sys.argv[1:] if argv is None else argv
+    command = "python " + " ".join(shlex.quote(a) for a in ["bench/search.py", *given])
+    if args.only == "calibrate":
+        calibrate(log)
+        return 0
+    if args.only == "breakeven":
+        update_breakeven(Path(args.out), break_even(args.repeats, log), command)
+        print(f"rewrote the break-even section of {args.out}")
+        return 0
     bandwidth = memory_bandwidth_gbs()
     print(f"bandwidth {bandwidth:.1f} GB/s", flush=True)
     if args.quick:
@@ -274,7 +430,6 @@ def main(argv=None) -> int:
         for kind in ("clustered", "uniform"):
             rows.append(bench_config(kind, n, bits, args.repeats, with_mih, log))
     be = [] if args.no_break_even else break_even(args.repeats, log)
-    command = "python " + " ".join(shlex.quote(a) for a in ["bench/search.py", *sys.argv[1:]])
     write_report(Path(args.out), rows, be, bandwidth, command, time.perf_counter() - started)
     print(f"wrote {args.out}")
     return 0

@@ -15,12 +15,26 @@ FORMAT_VERSION = 1
 METHODS = ("auto", "flat", "mih")
 MIN_BITS, MAX_BITS = 8, 1024
 
-# Cost model of ``auto`` (nanoseconds on one core, measured by bench/search.py on an AMD EPYC
-# (Zen 3)): a linear scan costs ``SCAN_NS_PER_WORD`` per database code and 64-bit word; MIH costs
-# ``PROBE_NS`` per probed bucket plus ``VERIFY_NS`` per verified candidate.
-SCAN_NS_PER_WORD = 0.5
-PROBE_NS = 150.0  # a probe misses the cache on the bucket offsets and on the bucket
-VERIFY_NS = 3.0  # codes are stored inline in bucket order, so verification streams
+# Cost model of ``auto``, in nanoseconds of one core; only ratios matter (both methods run on the
+# same threads). A linear scan costs ``SCAN_QUERY_NS`` per query (selection of the k best,
+# measured at k = 100) plus ``SCAN_NS_PER_WORD`` per database code and 64-bit word. MIH costs, per
+# probed bucket, ``PROBE_NS`` when the table's offsets fit in L2 (substrings of at most
+# ``CACHED_SUBSTRING_BITS`` bits: 1 MiB) and ``PROBE_MISS_NS`` when not, plus ``VERIFY_NS`` per
+# bucket entry verified (a code is met once per table whose substring is within the probe radius:
+# full distance, duplicate test, histogram). Fitted (least squares on relative error, 13 sizes of
+# 32-256-bit uniform and clustered codes, k = 100, one thread, a 2-core x86_64 shared with other
+# jobs) by ``python bench/search.py --only calibrate``, which prints fresh values (on the loaded
+# machine a re-fit moved each value up to 2x; these are the ones the break-even table of
+# docs/results/search-speed.md validates: auto picked the faster method in 34 of 37 sizes).
+SCAN_QUERY_NS = 40_000.0
+SCAN_NS_PER_WORD = 0.95
+PROBE_NS = 7.5
+PROBE_MISS_NS = 60.0
+CACHED_SUBSTRING_BITS = 17
+VERIFY_NS = 39.0
+MIN_MIH_N = 16384  # below this, the scan takes ~50 us a query and MIH's tables are not worth building
+SAMPLE = 16384  # database codes sampled to estimate, per query, the k-th distance and MIH's work
+SAMPLE_QUERIES = 8
 
 
 def _binom_cdf(bits: int) -> np.ndarray:
@@ -29,30 +43,64 @@ def _binom_cdf(bits: int) -> np.ndarray:
     return np.cumsum(np.exp(logc - bits * math.log(2)))
 
 
-def estimate_costs(n: int, bits: int, k: int, m: int | None = None, kth_distance: int | None = None) -> dict:
+def _probe_radii(tau: int, m: int) -> list[int]:
+    """Radius to which each substring is probed to cover distance ``tau`` (TPAMI 2014, Prop. 1)."""
+    r, last = divmod(int(tau), m)  # substrings 0..last probe radius r, the others r - 1
+    return [r if i <= last else r - 1 for i in range(m)]
+
+
+def _probes(tau: int, sub: list[int]) -> list[float]:
+    """Buckets probed in each substring's table to cover distance ``tau``."""
+    radii = _probe_radii(tau, len(sub))
+    return [float(sum(math.comb(s, t) for t in range(min(s, r) + 1))) for s, r in zip(sub, radii, strict=True)]
+
+
+def estimate_costs(
+    n: int,
+    bits: int,
+    k: int,
+    m: int | None = None,
+    kth_distance: int | None = None,
+    candidates: float | None = None,
+) -> dict:
     """Estimated nanoseconds per query of a linear scan and of MIH.
 
     ``kth_distance`` (the distance of the ``k``-th neighbour) decides how far MIH must probe;
     without it, uniform random codes are assumed, the worst case for MIH (learned or clustered
-    codes put the ``k``-th neighbour nearer). :meth:`HammingIndex.choose_method` measures it on a
-    sample of the database.
+    codes put the ``k``-th neighbour nearer). ``candidates`` is the number of bucket entries MIH
+    verifies; without it, codes are assumed spread evenly over the buckets (clustered codes crowd
+    the buckets near a query, so this underestimates them). :meth:`HammingIndex.choose_method`
+    measures both on a sample of the database.
     """
     from hashlearn.index.mih import default_m
 
     nw = (bits + 63) // 64
-    linear = n * nw * SCAN_NS_PER_WORD
+    linear = SCAN_QUERY_NS + n * nw * SCAN_NS_PER_WORD
     m = m or default_m(bits, n)
     cdf = _binom_cdf(bits)
     tau = int(np.searchsorted(cdf * n, min(k, n))) if kth_distance is None else int(kth_distance)
-    r, last = divmod(tau, m)  # substrings 0..last probe radius r, the others r - 1
     sub = [len(a) for a in np.array_split(np.arange(bits), m)]
-    probes = 0.0
-    for i, s in enumerate(sub):
-        top = min(s, r if i <= last else r - 1)
-        probes += sum(math.comb(s, t) for t in range(top + 1))
-    candidates = sum(min(n, probes_i) for probes_i in [probes * n / 2 ** np.mean(sub)])
-    mih = probes * PROBE_NS + min(candidates, n * m) * VERIFY_NS
-    return {"linear_ns": linear, "mih_ns": mih, "m": m, "expected_kth_distance": tau}
+    per_table = _probes(tau, sub)
+    probes = sum(per_table)
+    cached = sum(p for p, s in zip(per_table, sub, strict=True) if s <= CACHED_SUBSTRING_BITS)
+    if candidates is None:
+        candidates = sum(p * n / 2**s for p, s in zip(per_table, sub, strict=True))
+    probe_ns = cached * PROBE_NS + (probes - cached) * PROBE_MISS_NS
+    mih = probe_ns + min(float(candidates), n * m) * VERIFY_NS
+    return {
+        "linear_ns": linear,
+        "mih_ns": mih,
+        "m": m,
+        "expected_kth_distance": tau,
+        "probes": probes,
+        "probes_cached": cached,
+        "candidates": float(candidates),
+    }
+
+
+def pick_method(costs: dict) -> str:
+    """``"mih"`` when its estimated cost is below the scan's, else ``"flat"``."""
+    return "mih" if costs["mih_ns"] < costs["linear_ns"] else "flat"
 
 
 def _check_bits(bits) -> int:
@@ -167,35 +215,76 @@ class HammingIndex:
 
     # -- search -------------------------------------------------------------------------------
     def choose_method(self, k: int | None = None, radius: int | None = None, queries=None) -> str:
-        """The method a search will use (``flat`` or ``mih``), from ``n``, ``bits`` and ``k``.
+        """The method a search will use (``flat`` or ``mih``); :meth:`search` calls it with its
+        queries and records the answer in :attr:`last_method`.
 
-        With ``queries`` (packed words), the ``k``-th neighbour's distance is estimated on a sample
-        of 16,384 database codes for up to 8 queries; otherwise uniform codes are assumed.
+        ``queries`` (codes in any form :meth:`search` takes) let it measure, for up to 8 of them
+        against a sample of 16,384 database codes, the ``k``-th neighbour's distance and how many
+        bucket entries MIH would verify; without queries, uniform codes are assumed.
         """
         if self.method != "auto":
             return self.method
-        n = len(self)
-        if n < 4096:
-            return "flat"
-        if radius is not None:
-            cost = estimate_costs(n, self.bits, 1, self.m, kth_distance=min(radius, self.bits))
-        else:
-            kth = None
-            if queries is not None and len(queries):
-                kth = self._sample_kth_distance(queries, k or 1)
-            cost = estimate_costs(n, self.bits, k or 1, self.m, kth_distance=kth)
-        return "mih" if cost["mih_ns"] < cost["linear_ns"] else "flat"
+        return pick_method(self.estimate_costs(k=k, radius=radius, queries=queries))
 
-    def _sample_kth_distance(self, qw: np.ndarray, k: int) -> int:
+    def estimate_costs(self, k: int | None = None, radius: int | None = None, queries=None) -> dict:
+        """:func:`estimate_costs` for this index (see :meth:`choose_method`); ``flat`` below
+        ``MIN_MIH_N`` codes."""
+        n = len(self)
+        if n < MIN_MIH_N:
+            return {"linear_ns": 0.0, "mih_ns": math.inf}
+        if queries is not None and not (isinstance(queries, np.ndarray) and queries.dtype == np.uint64):
+            queries = self._to_words(queries, "queries")
+        if queries is None or len(queries) == 0:
+            tau = None if radius is None else min(int(radius), self.bits)
+            return estimate_costs(n, self.bits, k or 1, self.m, kth_distance=tau)
+        return self._sampled_costs(queries, k or 1, radius)
+
+    def _sampled_costs(self, qw: np.ndarray, k: int, radius: int | None) -> dict:
+        """Mean of :func:`estimate_costs` over up to 8 queries, each with its ``k``-th distance and
+        MIH's candidate count measured on a sample of the database."""
         from hashlearn.codes._kernels import hamming_matrix
+        from hashlearn.index._mih import substring_keys
+        from hashlearn.index.mih import default_m, segments, split_positions
 
         n = len(self)
-        sample = 16384
         rng = np.random.default_rng(0)
-        take = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-        dist = hamming_matrix(np.ascontiguousarray(qw[:8]), np.ascontiguousarray(self._words[take]))
-        rank = max(0, min(len(take) - 1, int(np.ceil(k * len(take) / n)) - 1))
-        return int(np.median(np.partition(dist, rank, axis=1)[:, rank]))
+        take = np.sort(rng.choice(n, size=min(n, SAMPLE), replace=False)) if n > SAMPLE else np.arange(n)
+        sw = np.ascontiguousarray(self._words[take])
+        qs = np.ascontiguousarray(qw[:SAMPLE_QUERIES])
+        if self._mih is not None:
+            m, seg = self._mih.m, self._mih.seg
+        else:
+            m = self.m or default_m(self.bits, n)
+            seg = segments(split_positions(self.bits, m))
+        skeys = substring_keys(sw, *seg)  # (m, s)
+        qkeys = substring_keys(qs, *seg)  # (m, q)
+        subd = np.bitwise_count((qkeys[:, :, None] ^ skeys[:, None, :]).view(np.uint64))  # (m, q, s)
+        if radius is None:
+            dist = hamming_matrix(qs, sw)
+            rank = max(0, min(len(take) - 1, int(np.ceil(k * len(take) / n)) - 1))
+            taus = np.partition(dist, rank, axis=1)[:, rank]
+        else:
+            taus = np.full(len(qs), min(int(radius), self.bits))
+        scale = n / len(take)
+        linear = mih = probes = cached = cands = 0.0
+        for qi, tau in enumerate(taus):
+            radii = np.array(_probe_radii(int(tau), m))[:, None]
+            cand = float((subd[:, qi, :] <= radii).sum()) * scale
+            c = estimate_costs(n, self.bits, k, m, kth_distance=int(tau), candidates=cand)
+            linear += c["linear_ns"] / len(taus)
+            mih += c["mih_ns"] / len(taus)
+            probes += c["probes"] / len(taus)
+            cached += c["probes_cached"] / len(taus)
+            cands += cand / len(taus)
+        return {
+            "linear_ns": linear,
+            "mih_ns": mih,
+            "m": m,
+            "expected_kth_distance": int(np.median(taus)),
+            "probes": probes,
+            "probes_cached": cached,
+            "candidates": cands,
+        }
 
     def mih_tables(self):
         from hashlearn.index.mih import MIHTables
@@ -238,7 +327,7 @@ class HammingIndex:
         nq = len(qw)
         if nq == 0 or len(self) == 0:
             return np.zeros(nq + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
-        method = self.choose_method(radius=radius)
+        method = self.choose_method(radius=radius, queries=qw)
         self.last_method = method
         words = np.ascontiguousarray(self._words)
         if method == "mih":
