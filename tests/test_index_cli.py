@@ -107,3 +107,18 @@ def test_image_query_without_the_encoder_says_so(files, capsys, monkeypatch):
     if rc == 2 and "encode_images" in err:
         return
     assert rc == 2  # encode_images exists: it reports its own error (no run there)
+
+
+def test_build_from_a_codes_file_with_image_paths_as_ids(tmp_path, capsys):
+    """`hashlearn encode --images` writes string ids (image paths): the collection numbers
+    the codes itself and keeps those strings as paths, which search reports."""
+    codes = np.random.default_rng(1).integers(0, 2, (5, 16))
+    names = np.array([f"photos/{i}.jpg" for i in range(5)])
+    save_codes(tmp_path / "photos.npz", codes, bits=16, ids=names)
+    np.save(tmp_path / "q.npy", codes[3:4])
+    coll = str(tmp_path / "photos.collection")
+    assert main(["index", "build", "--codes", str(tmp_path / "photos.npz"), "--out", coll]) == 0
+    capsys.readouterr()
+    assert main(["search", "--collection", coll, "--query-codes", str(tmp_path / "q.npy"), "-k", "1", "--json"]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)["results"]
+    assert hit["distance"] == 0 and hit["path"] == "photos/3.jpg" and hit["id"] == 3

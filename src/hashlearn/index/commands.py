@@ -91,20 +91,29 @@ def _lines(path):
 
 
 def _read_codes(args, bits=None):
-    """``(codes array, bits or None, ids or None)`` from ``--codes`` (.npy or .npz) and ``--ids``."""
+    """``(codes array, bits or None, ids or None, paths or None)`` from ``--codes`` (.npy or
+    .npz), ``--ids`` and ``--paths``.
+
+    A hashlearn codes file whose ids are strings (``hashlearn encode --images`` writes
+    image paths) gets integer ids from the collection and keeps the strings as paths.
+    """
     import numpy as np
 
     ids = None
+    paths = _lines(args.paths)
     if args.codes.endswith(".npz"):
         from hashlearn.codes import load_codes
 
         cs = load_codes(args.codes)
         codes, bits, ids = cs.packed, cs.bits, cs.ids
+        if not np.issubdtype(ids.dtype, np.integer):
+            paths = paths if paths is not None else [str(i) for i in ids]
+            ids = None
     else:
         codes = _load_array(args.codes, "codes")
     if getattr(args, "ids", None):
         ids = _load_array(args.ids, "ids")
-    return np.asarray(codes), bits, ids
+    return np.asarray(codes), bits, ids, paths
 
 
 def _infer_bits(codes, bits):
@@ -122,11 +131,11 @@ def _infer_bits(codes, bits):
 def cmd_build(args) -> int:
     from hashlearn.index.collection import Collection
 
-    codes, bits, ids = _read_codes(args)
+    codes, bits, ids, paths = _read_codes(args)
     bits = _infer_bits(codes, args.bits or bits)
     coll = Collection.create(args.out, bits)
     try:
-        added = coll.add(codes, ids=ids, paths=_lines(args.paths), labels=_lines(args.labels))
+        added = coll.add(codes, ids=ids, paths=paths, labels=_lines(args.labels))
     except Exception:
         coll.close()
         import shutil
@@ -140,9 +149,9 @@ def cmd_build(args) -> int:
 def cmd_add(args) -> int:
     from hashlearn.index.collection import Collection
 
-    codes, _, ids = _read_codes(args)
+    codes, _, ids, paths = _read_codes(args)
     with Collection.open(args.collection) as coll:
-        added = coll.add(codes, ids=ids, paths=_lines(args.paths), labels=_lines(args.labels))
+        added = coll.add(codes, ids=ids, paths=paths, labels=_lines(args.labels))
         print(f"added {len(added)} codes to {args.collection} (now {len(coll)})")
     return 0
 
