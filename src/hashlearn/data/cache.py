@@ -21,7 +21,6 @@ the sha256 of every file. Any mismatch raises, naming the file, instead of retur
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hashlearn import __version__
+from hashlearn._digest import file_digest
 from hashlearn.data.dataset import ImageDataset
 from hashlearn.data.loaders import DATASETS, default_source, load_dataset
 from hashlearn.data.sources import cache_root
@@ -49,14 +49,6 @@ def cache_key(name: str, size: int | None = None) -> str:
 def prepared_path(name: str, cache_dir: str | Path | None = None, size: int | None = None) -> Path:
     """The folder that holds (or would hold) prepared dataset ``name``."""
     return Path(cache_dir or cache_root()).expanduser() / cache_key(name, size)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _source_stamp(source: str | None) -> dict[str, Any] | None:
@@ -145,7 +137,7 @@ def prepare(
                 "shape": list(arr.shape),
                 "dtype": arr.dtype.str,
                 "bytes": f.stat().st_size,
-                "sha256": sha256_file(f),
+                "sha256": file_digest(f),
             }
             del arr
         manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
@@ -237,7 +229,7 @@ def open_prepared(
             raise stale(f"{spec['file']} is missing")
         if path.stat().st_size != spec["bytes"]:
             raise stale(f"{spec['file']} has {path.stat().st_size} bytes, manifest says {spec['bytes']}")
-        if verify and sha256_file(path) != spec["sha256"]:
+        if verify and file_digest(path) != spec["sha256"]:
             raise stale(f"{spec['file']} does not match its sha256")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)

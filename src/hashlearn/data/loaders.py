@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import pickle
 import shutil
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from hashlearn._digest import file_digest
 from hashlearn.data.dataset import ImageDataset
 from hashlearn.data.images import IMAGE_EXTENSIONS as _IMAGE_EXT
 from hashlearn.data.images import is_image_name
@@ -307,7 +307,7 @@ def download_cifar10(dest_dir: Path, url: str | None = None, md5: str | None = N
     url, md5 = url or CIFAR10_URL, md5 or CIFAR10_MD5
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / "cifar-10-python.tar.gz"
-    if target.exists() and _md5(target) == md5:
+    if target.exists() and file_digest(target, "md5") == md5:
         return target
     partial = target.with_suffix(".part")
     try:
@@ -319,19 +319,11 @@ def download_cifar10(dest_dir: Path, url: str | None = None, md5: str | None = N
             f"no CIFAR-10 source given or found locally, and downloading {url} failed ({exc}); "
             "pass --source PATH (cifar-10-python.tar.gz or a class-folder copy) or set HASHLEARN_DATA"
         ) from None
-    if _md5(partial) != md5:
+    if file_digest(partial, "md5") != md5:
         partial.unlink()
         raise InputError(f"downloaded {url} has the wrong md5 (expected {md5}); try again")
     partial.replace(target)
     return target
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @register_dataset(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hashlearn._digest import file_digest
 from hashlearn.errors import HashlearnError, InputError, NotFoundError
 from hashlearn.registry import Registry
 
@@ -32,11 +32,7 @@ def file_sha256(path: str | os.PathLike, _cache: dict = {}) -> str:  # noqa: B00
     st = os.stat(path)
     memo_key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if memo_key not in _cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _cache[memo_key] = h.hexdigest()
+        _cache[memo_key] = file_digest(path)
     return _cache[memo_key]
 
 

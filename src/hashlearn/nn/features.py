@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hashlearn._digest import file_digest
 from hashlearn.errors import HashlearnError, InputError
 
 FORMAT_VERSION = 1
@@ -49,14 +50,6 @@ def _sha256_array(a: np.ndarray) -> str:
     step = max(1, (1 << 24) // max(1, flat[0].nbytes if len(flat) else 1))
     for s in range(0, len(flat), step):
         h.update(np.ascontiguousarray(flat[s:s + step]).tobytes())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -239,7 +232,7 @@ def extract_features(
         fname = f"{i:02d}-{_safe(t)}.npy"
         _atomic_save_npy(tmp_dir / fname, result[t])
         arrays[t] = {"file": fname, "shape": list(result[t].shape), "dtype": dtype,
-                     "sha256": _file_sha256(tmp_dir / fname)}
+                     "sha256": file_digest(tmp_dir / fname)}
     manifest = {"key": cache_key, "arrays": arrays, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "images_computed": computed, "seconds": round(seconds, 2),
                 "images_per_second": round(computed / seconds, 2) if computed else None}
@@ -313,7 +306,7 @@ def _load_cached(folder: Path, expected_key: dict, only: Sequence[str] | None = 
         if only is not None and tap not in only:
             continue
         path = folder / info["file"]
-        if not path.exists() or _file_sha256(path) != info["sha256"]:
+        if not path.exists() or file_digest(path) != info["sha256"]:
             raise HashlearnError(f"feature cache file {path} is missing or does not match its checksum "
                                  f"(tampered or corrupt); delete {where} or pass rebuild=True")
         result[tap] = np.load(path)
