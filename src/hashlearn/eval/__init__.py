@@ -49,6 +49,8 @@ matrix is ever built.
 
 from __future__ import annotations
 
+from hashlearn._lazy import lazy_exports
+
 _EXPORTS = {
     "evaluate": "hashlearn.eval.metrics",
     "mean_average_precision": "hashlearn.eval.metrics",
@@ -68,19 +70,4 @@ _EXPORTS = {
     "plot_query_results": "hashlearn.eval.plots",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # lazy, so that ``hashlearn --help`` (which imports hashlearn.eval.commands) stays fast
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hashlearn.eval' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,17 +6,15 @@ Results are ordered by (distance, id); ``k`` past the number of codes pads with 
 ``Collection`` keeps codes on disk (append-only segments + SQLite metadata), crash-safe.
 """
 
-__all__ = ["Collection", "HammingIndex", "estimate_costs", "index_factory"]
+from hashlearn._lazy import lazy_exports
 
-
-def __getattr__(name):
-    # lazy, so that ``hashlearn.index.commands`` (and ``hashlearn --help``) import no numpy
-    if name == "Collection":
-        from hashlearn.index.collection import Collection
-
-        return Collection
-    if name in ("HammingIndex", "estimate_costs", "index_factory"):
-        from hashlearn.index import hamming
-
-        return getattr(hamming, name)
-    raise AttributeError(f"module 'hashlearn.index' has no attribute {name!r}")
+# lazy, so that ``hashlearn.index.commands`` (and ``hashlearn --help``) import no numpy
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Collection": "hashlearn.index.collection",
+        "HammingIndex": "hashlearn.index.hamming",
+        "estimate_costs": "hashlearn.index.hamming",
+        "index_factory": "hashlearn.index.hamming",
+    },
+)

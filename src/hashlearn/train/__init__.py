@@ -10,6 +10,8 @@ Heavy imports (torch) happen on first use, so ``import hashlearn.train`` is chea
 
 from __future__ import annotations
 
+from hashlearn._lazy import lazy_exports
+
 _EXPORTS = {
     "train": "hashlearn.train.run",
     "load_data": "hashlearn.train.run",
@@ -26,14 +28,4 @@ _EXPORTS = {
     "run_demo": "hashlearn.train.demo",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hashlearn.train' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
