@@ -131,3 +131,50 @@ def test_dmsh_mlp_scale_heads_and_linear_codes():
     for bad in ({"scale_head": "x"}, {"activation": "relu"}):
         with pytest.raises(InputError):
             get_method("dmsh")(bits=8, **bad)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.parametrize("normalize", ["none", "bn", "l2"])
+def test_dmsh_feature_fusion_and_normalisation(pooled, normalize):
+    torch.manual_seed(0)
+    maps, batch = tiny_batch()
+    features = {t: (x.mean(dim=(2, 3)) if pooled else x) for t, x in maps.items()}
+    m = get_method("dmsh")(bits=8, fusion="feature", normalize=normalize, mid_channels=8)
+    head = m.build_head({"s1": 8, "s2": 16}, pooled=pooled)
+    # the hash layer reads the concatenated per-scale embeddings (mid each), not the per-scale codes
+    assert head.fuse.in_features == 2 * 8
+    out = head(features)
+    assert out.codes.shape == (16, 8) and out.codes.abs().max() <= 1
+    assert set(out.extras["scales"]) == {"s1", "s2"}
+    loss = m.loss(out, batch)
+    loss.backward()
+    assert all(p.grad is not None for p in head.parameters())
+    if normalize == "bn":
+        assert all(isinstance(h.norm, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for h in head.scales.values())
+
+
+def test_dmsh_normalisation_makes_scales_comparable():
+    torch.manual_seed(0)
+    x = {"s1": 100 * torch.randn(16, 8), "s2": 0.01 * torch.randn(16, 16)}
+    m = get_method("dmsh")(bits=8, scale_head="linear", fusion="feature", normalize="l2", activation="none")
+    head = m.build_head({"s1": 8, "s2": 16}, pooled=True)
+    emb = {t: head.scales[t].embed(v) for t, v in x.items()}
+    for e in emb.values():  # linear heads: the embedding is the normalised tap feature
+        assert torch.allclose(e.norm(dim=1), torch.ones(16), atol=1e-5)
+    assert head.fuse.in_features == 8 + 16
+    assert head(x).codes.shape == (16, 8)
+
+
+def test_dmsh_linear_heads_and_bad_options():
+    maps, batch = tiny_batch()
+    m = get_method("dmsh")(bits=8, scale_head="linear")
+    head = m.build_head({"s1": 8, "s2": 16}, pooled=False)  # maps are pooled first
+    assert head(maps).codes.shape == (16, 8)
+    # the spec's defaults are unchanged: concat fusion of per-scale codes, conv heads, no normalisation
+    spec = get_method("dmsh")(bits=8)
+    assert (spec.fusion, spec.scale_head, spec.normalize, spec.deep_supervision) == ("concat", "conv", "none", 1.0)
+    spec_head = spec.build_head({"s1": 8, "s2": 16}, pooled=False)
+    assert spec_head.fuse.in_features == 2 * 8 and all(h.norm is None for h in spec_head.scales.values())
+    for bad in ({"normalize": "zscore"}, {"fusion": "sum"}, {"scale_head": "attention"}):
+        with pytest.raises(InputError):
+            get_method("dmsh")(bits=8, **bad)

@@ -8,8 +8,15 @@ quantization term::
 
 Every [INFER] choice of the spec is a setting:
 
-* ``fusion``: ``"concat"`` (default; concatenate per-scale codes → FC(S·k → k) → tanh) or
-  ``"average"`` (mean of the per-scale codes);
+* ``fusion``: ``"concat"`` (default; concatenate per-scale codes → FC(S·k → k) → tanh),
+  ``"average"`` (mean of the per-scale codes) or ``"feature"`` (feature-level fusion, the
+  DSHFMDF "fusion layer" reading: concatenate the per-scale *embeddings* — the inputs of the
+  per-scale hash layers — then one hash layer FC(Σ d_s → k) → tanh; the per-scale codes
+  still exist for deep supervision);
+* ``normalize``: ``"none"`` (default), ``"bn"`` or ``"l2"`` — rescale each tap's features
+  before its head (BatchNorm over channels, or unit L2 norm over channels), since the
+  backbone stages differ greatly in magnitude (EfficientNet-Lite0 pooled taps: mean |x| ≈ 4.0
+  for stage3, 0.57 for pool);
 * ``deep_supervision`` (λ_s, same for all scales; 0 disables the per-scale losses);
 * ``eta`` (quantization weight); ``focal_gamma`` (0 = plain likelihood, 2 = the spec's focal
   option); ``balance`` (weight similar and dissimilar pairs equally, HashNet-style);
@@ -18,6 +25,8 @@ Every [INFER] choice of the spec is a setting:
 * ``scale_head``: ``"conv"`` (spec) or ``"mlp"`` (pool each tap first, then the MLP head below,
   also in fine-tune mode). On Fashion-MNIST with the small CNN (2 epochs, 32 bits) the conv
   heads reached validation mAP ≈ 0.36 and the MLP heads ≈ 0.60; the demo uses ``"mlp"``.
+  ``"linear"``: pool each tap, then only the hash layer FC(C → k) (the embedding is the
+  (normalised) pooled tap itself).
 
 Per-scale head. On a feature map ``(B, C, H, W)`` (fine-tune mode): 1×1 conv → ``mid``, BN,
 ReLU; 3×3 conv (``mid``), ReLU; global average pooling; FC → k; tanh. On a pooled vector
@@ -30,6 +39,7 @@ Normalisation as in :mod:`hashlearn.methods.dpsh`: means over pairs and code ent
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hashlearn.errors import InputError
@@ -45,52 +55,90 @@ from hashlearn.methods.base import (
 
 
 class ScaleHead(nn.Module):
-    """One scale's head: conv head on feature maps, or an MLP on pooled vectors."""
+    """One scale's head: conv head on feature maps, an MLP on pooled vectors, or a single
+    linear layer (``kind="linear"``).
 
-    def __init__(self, channels: int, bits: int, mid: int, pooled: bool, activation: str = "tanh"):
+    ``normalize`` rescales the tap's features before the head (``"bn"``: a BatchNorm over
+    channels; ``"l2"``: unit L2 norm over channels), since backbone stages have very
+    different magnitudes. :meth:`embed` returns the per-scale embedding (the input of the
+    scale's hash layer ``fc``) that feature-level fusion concatenates.
+    """
+
+    def __init__(self, channels: int, bits: int, mid: int, pooled: bool, activation: str = "tanh",
+                 kind: str | None = None, normalize: str = "none"):
         super().__init__()
-        self.pooled = pooled
+        kind = kind or ("mlp" if pooled else "conv")
+        self.kind = kind
+        self.pooled = kind != "conv"
         self.activation = activation
-        if pooled:
+        self.normalize = normalize
+        self.norm = None
+        if normalize == "bn":
+            self.norm = nn.BatchNorm1d(channels) if self.pooled else nn.BatchNorm2d(channels)
+        if kind == "linear":
+            self.body = nn.Identity()
+            self.out_dim = channels
+        elif kind == "mlp":
             self.body = nn.Sequential(
                 nn.Linear(channels, mid), nn.BatchNorm1d(mid), nn.ReLU(inplace=True),
                 nn.Linear(mid, mid), nn.ReLU(inplace=True),
             )
+            self.out_dim = mid
         else:
             self.body = nn.Sequential(
                 nn.Conv2d(channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
                 nn.Conv2d(mid, mid, 3, padding=1), nn.ReLU(inplace=True),
                 nn.AdaptiveAvgPool2d(1), nn.Flatten(),
             )
-        self.fc = nn.Linear(mid, bits)
+            self.out_dim = mid
+        self.fc = nn.Linear(self.out_dim, bits)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor) -> Tensor:
         if self.pooled and x.dim() == 4:
             x = x.mean(dim=(2, 3))
         if not self.pooled and x.dim() != 4:
             raise InputError(f"dmsh: conv scale head expects a feature map (B, C, H, W), got {tuple(x.shape)}")
-        u = self.fc(self.body(x))
+        if self.norm is not None:
+            x = self.norm(x)
+        elif self.normalize == "l2":
+            x = F.normalize(x, dim=1)
+        return self.body(x)
+
+    def code(self, e: Tensor) -> Tensor:
+        u = self.fc(e)
         return torch.tanh(u) if self.activation == "tanh" else u
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.code(self.embed(x))
 
 
 class DMSHHead(nn.Module):
     def __init__(self, tap_channels: dict[str, int], bits: int, mid: int, pooled: bool, fusion: str,
-                 activation: str = "tanh"):
+                 activation: str = "tanh", kind: str | None = None, normalize: str = "none"):
         super().__init__()
         self.taps = list(tap_channels)
-        self.scales = nn.ModuleDict({t: ScaleHead(c, bits, mid, pooled, activation) for t, c in tap_channels.items()})
+        self.scales = nn.ModuleDict({t: ScaleHead(c, bits, mid, pooled, activation, kind, normalize)
+                                     for t, c in tap_channels.items()})
         self.fusion = fusion
         self.activation = activation
-        self.fuse = nn.Linear(len(self.taps) * bits, bits) if fusion == "concat" else None
+        if fusion == "concat":
+            self.fuse = nn.Linear(len(self.taps) * bits, bits)
+        elif fusion == "feature":
+            self.fuse = nn.Linear(sum(h.out_dim for h in self.scales.values()), bits)
+        else:
+            self.fuse = None
 
     def forward(self, features: dict[str, Tensor]) -> MethodOutput:
-        per_scale = {t: self.scales[t](features[t]) for t in self.taps}
-        stacked = list(per_scale.values())
-        if self.fuse is not None:
-            u = self.fuse(torch.cat(stacked, dim=1))
-            u = torch.tanh(u) if self.activation == "tanh" else u
+        embeds = {t: self.scales[t].embed(features[t]) for t in self.taps}
+        per_scale = {t: self.scales[t].code(e) for t, e in embeds.items()}
+        if self.fusion == "feature":
+            u = self.fuse(torch.cat(list(embeds.values()), dim=1))
+        elif self.fusion == "concat":
+            u = self.fuse(torch.cat(list(per_scale.values()), dim=1))
         else:
-            u = torch.stack(stacked).mean(dim=0)
+            u = torch.stack(list(per_scale.values())).mean(dim=0)
+        if self.fuse is not None and self.activation == "tanh":
+            u = torch.tanh(u)
         return MethodOutput(codes=u, extras={"scales": per_scale})
 
 
@@ -115,16 +163,20 @@ class DMSH(PairwiseMethod):
         taps: list[str] | None = None,
         activation: str = "tanh",
         scale_head: str = "conv",
+        normalize: str = "none",
     ):
         super().__init__(bits, memory=memory)
-        if fusion not in ("concat", "average"):
-            raise InputError(f"dmsh: fusion must be 'concat' or 'average', got {fusion!r}")
+        if fusion not in ("concat", "average", "feature"):
+            raise InputError(f"dmsh: fusion must be 'concat', 'average' or 'feature', got {fusion!r}")
         if focal_gamma < 0 or eta < 0 or deep_supervision < 0:
             raise InputError("dmsh: focal_gamma, eta and deep_supervision must be >= 0")
         if activation not in ("tanh", "none"):
             raise InputError(f"dmsh: activation must be 'tanh' or 'none', got {activation!r}")
-        if scale_head not in ("conv", "mlp"):
-            raise InputError(f"dmsh: scale_head must be 'conv' or 'mlp', got {scale_head!r}")
+        if scale_head not in ("conv", "mlp", "linear"):
+            raise InputError(f"dmsh: scale_head must be 'conv', 'mlp' or 'linear', got {scale_head!r}")
+        if normalize not in ("none", "bn", "l2"):
+            raise InputError(f"dmsh: normalize must be 'none', 'bn' or 'l2', got {normalize!r}")
+        self.normalize = normalize
         self.activation = activation
         self.scale_head = scale_head
         self.fusion = fusion
@@ -139,8 +191,9 @@ class DMSH(PairwiseMethod):
         return list(self.tap_names) if self.tap_names else list(default_taps)
 
     def build_head(self, tap_channels: dict[str, int], pooled: bool) -> nn.Module:
-        pooled = pooled or self.scale_head == "mlp"
-        return DMSHHead(tap_channels, self.bits, self.mid_channels, pooled, self.fusion, self.activation)
+        kind = self.scale_head if self.scale_head != "conv" or not pooled else "mlp"
+        return DMSHHead(tap_channels, self.bits, self.mid_channels, pooled, self.fusion, self.activation,
+                        kind, self.normalize)
 
     def loss(self, out: MethodOutput, batch: Batch) -> Tensor:
         fused = self.pair_loss(out.codes, batch.labels, self.focal_gamma, self.balance)
