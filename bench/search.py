@@ -324,7 +324,7 @@ def update_breakeven(path: Path, be, command) -> None:
     path.write_text(head + breakeven_section(be, command) + ("\n" + tail if tail else ""))
 
 
-def write_report(path, rows, be, bandwidth, command, elapsed):
+def write_report(path, rows, be, bandwidth, command, elapsed, load_before):
     lines = [
         "# Hamming search speed",
         "",
@@ -334,9 +334,11 @@ def write_report(path, rows, be, bandwidth, command, elapsed):
         command,
         "```",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(timings are noisy; every ratio is measured side by side in this one run, peers alternating, "
-        f"median of the repeats). Threads: {THREADS} for both. Q = {Q} queries, k = {K}. "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average before the "
+        f"run {load_before[0]:.2f} / {load_before[1]:.2f} (1 / 5 min; other jobs on the machine slow FAISS and "
+        f"hashlearn unequally, so compare runs made on a quiet machine). Every ratio is measured side by side in "
+        f"this one run, peers alternating, "
+        f"median of the repeats. Threads: {THREADS} for both. Q = {Q} queries, k = {K}. "
         f"faiss-cpu `IndexBinaryFlat`. Measured read bandwidth (parallel sum over 1 GiB): "
         f"**{bandwidth:.1f} GB/s**. Run took {elapsed / 60:.1f} min.",
         "",
@@ -406,6 +408,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     set_threads(THREADS)
     started = time.perf_counter()
+    load_before = os.getloadavg()
 
     def log(row):
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
@@ -430,7 +433,7 @@ def main(argv=None) -> int:
         for kind in ("clustered", "uniform"):
             rows.append(bench_config(kind, n, bits, args.repeats, with_mih, log))
     be = [] if args.no_break_even else break_even(args.repeats, log)
-    write_report(Path(args.out), rows, be, bandwidth, command, time.perf_counter() - started)
+    write_report(Path(args.out), rows, be, bandwidth, command, time.perf_counter() - started, load_before)
     print(f"wrote {args.out}")
     return 0
 
