@@ -21,6 +21,22 @@ from hashlearn.index._scan import QUERY_BLOCK, _compact, _dist, _push, sort_run
 '''
 
 
+def _query_words(nw: int | None, gi: int, ind: str, row: str) -> list[str]:
+    """Load query ``row + gi``'s words into locals (kept in registers by LLVM)."""
+    return [f"{ind}a{gi}_{w} = qw[{row} + {gi}, {w}]" for w in range(nw or 0)]
+
+
+def _distances(nw: int | None, group: int, body: str, row: str) -> list[str]:
+    """Hamming distances ``d0..d{group-1}`` of database code ``j`` to the query group at ``row``."""
+    if not nw:
+        return [f"{body}d0 = _dist(qw, {row}, dw, j)"]
+    lines = [f"{body}x{w} = dw[j, {w}]" for w in range(nw)]
+    for gi in range(group):
+        terms = " + ".join(f"popcount64(a{gi}_{w} ^ x{w})" for w in range(nw))
+        lines.append(f"{body}d{gi} = np.int64({terms})")
+    return lines
+
+
 def _variant(nw: int | None) -> str:
     name = str(nw) if nw else "n"
     group = 4 if nw == 1 else 1
@@ -51,19 +67,10 @@ def _variant(nw: int | None) -> str:
     lines.append(f"            for g in range(0, nqb, {group}):")
     for gi in range(group):
         lines.append(f"{ind}t{gi} = tau[g + {gi}]")
-        if nw:
-            for w in range(nw):
-                lines.append(f"{ind}a{gi}_{w} = qw[q0 + g + {gi}, {w}]")
+        lines += _query_words(nw, gi, ind, "q0 + g")
     lines.append(f"{ind}for j in range(j0, j1):")
     body = ind + "    "
-    if nw:
-        for w in range(nw):
-            lines.append(f"{body}x{w} = dw[j, {w}]")
-        for gi in range(group):
-            terms = " + ".join(f"popcount64(a{gi}_{w} ^ x{w})" for w in range(nw))
-            lines.append(f"{body}d{gi} = np.int64({terms})")
-    else:
-        lines.append(f"{body}d0 = _dist(qw, q0 + g, dw, j)")
+    lines += _distances(nw, group, body, "q0 + g")
     cond = " | ".join(f"(d{gi} < t{gi})" for gi in range(group))
     lines.append(f"{body}if {cond}:")
     for gi in range(group):
@@ -102,18 +109,9 @@ def _variant(nw: int | None) -> str:
     for gi in range(group):
         lines.append(f"{ind}c{gi} = counts[g + {gi}]")
         lines.append(f"{ind}o{gi} = lims[g + {gi}]")
-        if nw:
-            for w in range(nw):
-                lines.append(f"{ind}a{gi}_{w} = qw[g + {gi}, {w}]")
+        lines += _query_words(nw, gi, ind, "g")
     lines.append(f"{ind}for j in range(j0, j1):")
-    if nw:
-        for w in range(nw):
-            lines.append(f"{body}x{w} = dw[j, {w}]")
-        for gi in range(group):
-            terms = " + ".join(f"popcount64(a{gi}_{w} ^ x{w})" for w in range(nw))
-            lines.append(f"{body}d{gi} = np.int64({terms})")
-    else:
-        lines.append(f"{body}d0 = _dist(qw, g, dw, j)")
+    lines += _distances(nw, group, body, "g")
     cond = " | ".join(f"(d{gi} <= radius)" for gi in range(group))
     lines.append(f"{body}if {cond}:")
     for gi in range(group):
