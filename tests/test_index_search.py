@@ -57,6 +57,37 @@ def test_knn_and_range_match_brute_force(bits, method):
             np.testing.assert_array_equal(got[lims[r] : lims[r + 1]], wi)
 
 
+@pytest.mark.parametrize("bits", [64, 120, 192, 256])
+def test_flat_scan_across_many_blocks_and_far_codes(bits):
+    """Several database blocks with a partial last one, thresholds that settle mid-scan, and
+    codes at distance 248-256 from a query (the vector kernels count distances in bytes; 256-bit
+    codes saturate at 255)."""
+    rng = np.random.default_rng(bits + 1)
+    n = 3001
+    db = clustered(rng, n, bits, flip=0.2)
+    q = np.concatenate([db[:2], rng.integers(0, 2, (3, bits))])
+    far = 1 - q[0]  # the complement of query 0, then copies with up to 8 bits put back
+    db[100] = far
+    for i in range(1, 9):
+        db[100 + 200 * i] = far
+        db[100 + 200 * i, rng.choice(bits, i, replace=False)] ^= 1
+    ids = rng.permutation(n)
+    index = HammingIndex(bits, method="flat")
+    index.add(db, ids)
+    for k in (5, 100, n):
+        dist, got = index.search(q, k)
+        want_d, want_i = brute_knn(db, ids, q, k)
+        np.testing.assert_array_equal(dist, want_d)
+        np.testing.assert_array_equal(got, want_i)
+    for radius in sorted({0, bits // 4, bits - 9, bits - 2, bits - 1, bits}):
+        lims, dist, got = index.range_search(q, radius)
+        for r, (wd, wi) in enumerate(brute_range(db, ids, q, radius)):
+            np.testing.assert_array_equal(dist[lims[r] : lims[r + 1]], wd)
+            np.testing.assert_array_equal(got[lims[r] : lims[r + 1]], wi)
+    far_d = index.search(1 - q[:1], n)[0][0]  # from the complement, the farthest codes are last
+    assert far_d[-1] == bits
+
+
 @pytest.mark.parametrize("spec", ["mih:m=3", "mih:m=5,reorder", "mih:reorder"])
 def test_mih_options_are_exact(spec):
     rng = np.random.default_rng(1)

@@ -4,15 +4,16 @@ Layout and conventions shared by every kernel here:
 
 * the database is ``(n, nw)`` ``uint64`` words, stored in **increasing id order**, so a tie in
   distance broken by position is broken by id;
-* queries come in a multiple of 4 (padded here): at 64 bits four queries share each load of a
-  database word (register blocking); kernels for 1-4 words are unrolled (``_gen_scan.py``
-  writes them: a runtime loop over words measured 2x slower). The distance test is fused with
-  the popcount, a branch almost never taken once the threshold has settled. (LLVM's vectorised popcount on AVX2 was 3x
-  slower than scalar ``popcnt`` here, so the kernels stay scalar.)
+* codes of 1-4 words are compared 32 at a time with vector instructions (``_simd.py``): each
+  database block is byte-transposed once per query block, then every query of the block gets a
+  32-bit mask per 32 codes of which may beat its threshold; only those are re-measured exactly
+  (scalar ``popcnt``) and offered to the selection, so after the first blocks almost no code
+  leaves the vector loop. ``_gen_scan.py`` writes one kernel per width (the query's bytes must be
+  a compile-time count to stay in registers); wider codes use a scalar kernel.
 * queries are processed in blocks of ``QUERY_BLOCK``; inside a block the database is walked in
-  blocks of about 32 KiB, so each database block is read from memory once per query block and
-  then served from L1/L2 to every query of the block. Query blocks are spread over the threads
-  (``numba.prange``).
+  blocks of about ``DB_BLOCK_BYTES``, so each database block is read from memory (and
+  transposed) once per query block and then served from L1 to every query of the block.
+  Query blocks are spread over the threads (``numba.prange``).
 * distances are small integers (``0..bits``), so selection is a counting sort: each query keeps a
   histogram of its candidates' distances and a threshold ``tau`` (accept ``d < tau``) that only
   shrinks; when its buffer fills, it is compacted to the ``k`` best in (distance, position) order.
@@ -25,12 +26,49 @@ import numpy as np
 
 from hashlearn.codes._kernels import popcount64
 
-QUERY_BLOCK = 64
-DB_BLOCK_BYTES = 32 * 1024
+QUERY_BLOCK = 256
+DB_BLOCK_BYTES = 8 * 1024
 
 
 def db_block(nw: int) -> int:
-    return max(64, DB_BLOCK_BYTES // (8 * nw))
+    """Codes per database block: about ``DB_BLOCK_BYTES``, a multiple of 32 (one vector step)."""
+    return max(64, DB_BLOCK_BYTES // (8 * nw)) // 32 * 32
+
+
+def query_block(nq: int, k: int) -> int:
+    """Queries per block: up to ``QUERY_BLOCK`` (each database block is transposed once per query
+    block, so larger blocks amortise it), but at least one block per thread, and candidate
+    buffers of at most ~64 MiB per block."""
+    per_thread = -(-nq // max(1, numba.get_num_threads()))
+    cap = max(1, (64 << 20) // (12 * (2 * k + 257)))
+    return int(max(1, min(QUERY_BLOCK, per_thread, cap)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _transpose(d8, j0, nv, tr):
+    """``tr[b, i] = d8[j0 + i, b]`` for ``i < nv``: byte ``b`` of consecutive codes side by side."""
+    nb = d8.shape[1]
+    for i in range(nv):
+        for b in range(nb):
+            tr[b, i] = d8[j0 + i, b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(buf_d, buf_p, count, hist, k, out_d, out_p):
+    """Write the ``k`` best of one query's buffer to ``out_d``/``out_p`` in (distance, position)
+    order: compaction, then a counting sort by distance (stable: the buffer is in position order)."""
+    nd = hist.shape[0]
+    c, _ = _compact(buf_d, buf_p, count, hist, k)
+    start = np.zeros(nd + 1, dtype=np.int64)
+    for d in range(nd):
+        start[d + 1] = start[d] + hist[d]
+    for i in range(c):
+        d = buf_d[i]
+        r = start[d]
+        start[d] += 1
+        if r < k:
+            out_d[r] = d
+            out_p[r] = buf_p[i]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -116,14 +154,6 @@ def sort_run(out_d, out_p, a, b, bits):
         out_p[a + r] = tmp_p[i]
 
 
-def _pad_queries(qw: np.ndarray) -> np.ndarray:
-    nq = qw.shape[0]
-    pad = (-nq) % 4
-    if pad == 0:
-        return np.ascontiguousarray(qw)
-    return np.concatenate([qw, np.zeros((pad, qw.shape[1]), dtype=np.uint64)])
-
-
 def knn_scan(qw: np.ndarray, dw: np.ndarray, k: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact kNN by linear scan: ``(dist int32 (nq, k), positions int64 (nq, k))``.
 
@@ -131,10 +161,9 @@ def knn_scan(qw: np.ndarray, dw: np.ndarray, k: int, bits: int) -> tuple[np.ndar
     """
     from hashlearn.index._scan_kernels import KNN, knn_scan_n
 
-    nq = qw.shape[0]
     kernel = KNN.get(dw.shape[1], knn_scan_n)
-    dist, pos = kernel(_pad_queries(qw), dw, int(k), int(bits), db_block(dw.shape[1]))
-    return dist[:nq], pos[:nq]
+    qb = query_block(qw.shape[0], int(k))
+    return kernel(np.ascontiguousarray(qw), np.ascontiguousarray(dw), int(k), int(bits), qb, db_block(dw.shape[1]))
 
 
 def range_scan(qw: np.ndarray, dw: np.ndarray, radius: int, bits: int):
@@ -144,18 +173,19 @@ def range_scan(qw: np.ndarray, dw: np.ndarray, radius: int, bits: int):
     """
     from hashlearn.index._scan_kernels import RANGE, range_scan_n
 
-    nq = qw.shape[0]
     kernel = RANGE.get(dw.shape[1], range_scan_n)
-    q = _pad_queries(qw)
+    q = np.ascontiguousarray(qw)
+    dw = np.ascontiguousarray(dw)
     block = db_block(dw.shape[1])
+    qb = query_block(q.shape[0], 0)
     zeros_lims = np.zeros(q.shape[0] + 1, dtype=np.int64)
     empty_d = np.empty(0, dtype=np.int32)
     empty_p = np.empty(0, dtype=np.int64)
-    counts = kernel(q, dw, int(radius), int(bits), block, zeros_lims, empty_d, empty_p)
+    counts = kernel(q, dw, int(radius), int(bits), qb, block, zeros_lims, empty_d, empty_p)
     lims = np.zeros(q.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=lims[1:])
     out_d = np.empty(lims[-1], dtype=np.int32)
     out_p = np.empty(lims[-1], dtype=np.int64)
     if lims[-1]:
-        kernel(q, dw, int(radius), int(bits), block, lims, out_d, out_p)
-    return lims[: nq + 1], out_d[: lims[nq]], out_p[: lims[nq]]
+        kernel(q, dw, int(radius), int(bits), qb, block, lims, out_d, out_p)
+    return lims, out_d, out_p

@@ -5,129 +5,407 @@
 import numba
 import numpy as np
 
-from hashlearn.codes._kernels import popcount64
-from hashlearn.index._scan import QUERY_BLOCK, _compact, _dist, _push, sort_run
+from hashlearn.index._scan import _dist, _push, _select, _transpose, sort_run
+from hashlearn.index._simd import MAX_THRESHOLD, block_masks, ctz32
+
+_masks_8 = block_masks(8)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def knn_scan_1(qw, dw, k, bits, dblock):
-    """Exact kNN over ``1`` word(s) per code; see ``_scan.knn_scan``."""
+def knn_scan_1(qw, dw, k, bits, qblock, dblock):
+    """Exact kNN over 1 word(s) per code, 32 codes per vector step; see ``_scan.knn_scan``."""
+    q8 = qw.view(np.uint8).reshape(qw.shape[0], 8)
+    d8 = dw.view(np.uint8).reshape(dw.shape[0], 8)
     nq = qw.shape[0]
     n = dw.shape[0]
     out_d = np.full((nq, k), -1, dtype=np.int32)
     out_p = np.full((nq, k), -1, dtype=np.int64)
     nd = bits + 1
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
+    nqblocks = (nq + qblock - 1) // qblock
     limit = k + max(k, 256)
     cap = limit + 1
     for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
         nqb = q1 - q0
         buf_d = np.empty((nqb, cap), dtype=np.int32)
         buf_p = np.empty((nqb, cap), dtype=np.int64)
         count = np.zeros(nqb, dtype=np.int64)
         tau = np.full(nqb, nd, dtype=np.int64)
         hist = np.zeros((nqb, nd), dtype=np.int64)
+        tr = np.empty((8, dblock), dtype=np.uint8)
+        masks = np.empty(dblock // 32, dtype=np.uint32)
         for j0 in range(0, n, dblock):
-            j1 = min(n, j0 + dblock)
-            for g in range(0, nqb, 4):
-                t0 = tau[g + 0]
-                a0_0 = qw[q0 + g + 0, 0]
-                t1 = tau[g + 1]
-                a1_0 = qw[q0 + g + 1, 0]
-                t2 = tau[g + 2]
-                a2_0 = qw[q0 + g + 2, 0]
-                t3 = tau[g + 3]
-                a3_0 = qw[q0 + g + 3, 0]
-                for j in range(j0, j1):
-                    x0 = dw[j, 0]
-                    d0 = np.int64(popcount64(a0_0 ^ x0))
-                    d1 = np.int64(popcount64(a1_0 ^ x0))
-                    d2 = np.int64(popcount64(a2_0 ^ x0))
-                    d3 = np.int64(popcount64(a3_0 ^ x0))
-                    if (d0 < t0) | (d1 < t1) | (d2 < t2) | (d3 < t3):
-                        if d0 < t0:
-                            t0 = _push(buf_d, buf_p, count, hist, tau, g + 0, d0, j, k, limit)
-                        if d1 < t1:
-                            t1 = _push(buf_d, buf_p, count, hist, tau, g + 1, d1, j, k, limit)
-                        if d2 < t2:
-                            t2 = _push(buf_d, buf_p, count, hist, tau, g + 2, d2, j, k, limit)
-                        if d3 < t3:
-                            t3 = _push(buf_d, buf_p, count, hist, tau, g + 3, d3, j, k, limit)
+            nv = min(n, j0 + dblock) - j0
+            nch = (nv + 31) // 32
+            _transpose(d8, j0, nv, tr)
+            for qi in range(0, nqb):
+                t = tau[qi]
+                if t > MAX_THRESHOLD:
+                    masks[:nch] = 0xFFFFFFFF
+                else:
+                    _masks_8(tr, q8[q0 + qi], t, nch, masks)
+
+                for c in range(nch):
+                    m = masks[c]
+                    while m:
+                        jj = c * 32 + ctz32(m)
+                        m &= m - np.uint32(1)
+                        if jj >= nv:
+                            break
+                        d = _dist(qw, q0 + qi, dw, j0 + jj)
+                        if d < t:
+                            t = _push(buf_d, buf_p, count, hist, tau, qi, d, j0 + jj, k, limit)
+
         for qi in range(nqb):
-            c, t = _compact(buf_d[qi], buf_p[qi], count[qi], hist[qi], k)
-            # counting sort of the (at most k) survivors by distance; stable keeps position order
-            start = np.zeros(nd + 1, dtype=np.int64)
-            for d in range(nd):
-                start[d + 1] = start[d] + hist[qi, d]
-            for i in range(c):
-                d = buf_d[qi, i]
-                r = start[d]
-                start[d] += 1
-                if r < k:
-                    out_d[q0 + qi, r] = d
-                    out_p[q0 + qi, r] = buf_p[qi, i]
+            _select(buf_d[qi], buf_p[qi], count[qi], hist[qi], k, out_d[q0 + qi], out_p[q0 + qi])
     return out_d, out_p
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def range_scan_1(qw, dw, radius, bits, dblock, lims, out_d, out_p):
-    """Range search over ``1`` word(s) per code; see ``_scan.range_scan``."""
+def range_scan_1(qw, dw, radius, bits, qblock, dblock, lims, out_d, out_p):
+    """Range search over 1 word(s) per code, 32 codes per vector step; see ``_scan.range_scan``."""
+    q8 = qw.view(np.uint8).reshape(qw.shape[0], 8)
+    d8 = dw.view(np.uint8).reshape(dw.shape[0], 8)
     nq = qw.shape[0]
     n = dw.shape[0]
     write = out_d.shape[0] > 0
     counts = np.zeros(nq, dtype=np.int64)
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
+    nqblocks = (nq + qblock - 1) // qblock
     for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
+        tr = np.empty((8, dblock), dtype=np.uint8)
+        masks = np.empty(dblock // 32, dtype=np.uint32)
         for j0 in range(0, n, dblock):
-            j1 = min(n, j0 + dblock)
-            for g in range(q0, q1, 4):
-                c0 = counts[g + 0]
-                o0 = lims[g + 0]
-                a0_0 = qw[g + 0, 0]
-                c1 = counts[g + 1]
-                o1 = lims[g + 1]
-                a1_0 = qw[g + 1, 0]
-                c2 = counts[g + 2]
-                o2 = lims[g + 2]
-                a2_0 = qw[g + 2, 0]
-                c3 = counts[g + 3]
-                o3 = lims[g + 3]
-                a3_0 = qw[g + 3, 0]
-                for j in range(j0, j1):
-                    x0 = dw[j, 0]
-                    d0 = np.int64(popcount64(a0_0 ^ x0))
-                    d1 = np.int64(popcount64(a1_0 ^ x0))
-                    d2 = np.int64(popcount64(a2_0 ^ x0))
-                    d3 = np.int64(popcount64(a3_0 ^ x0))
-                    if (d0 <= radius) | (d1 <= radius) | (d2 <= radius) | (d3 <= radius):
-                        if d0 <= radius:
+            nv = min(n, j0 + dblock) - j0
+            nch = (nv + 31) // 32
+            _transpose(d8, j0, nv, tr)
+            for qi in range(q0, q1):
+                t = radius + 1
+                if t > MAX_THRESHOLD:
+                    masks[:nch] = 0xFFFFFFFF
+                else:
+                    _masks_8(tr, q8[qi], t, nch, masks)
+                c_ = counts[qi]
+                o = lims[qi]
+                for c in range(nch):
+                    m = masks[c]
+                    while m:
+                        jj = c * 32 + ctz32(m)
+                        m &= m - np.uint32(1)
+                        if jj >= nv:
+                            break
+                        d = _dist(qw, qi, dw, j0 + jj)
+                        if d <= radius:
                             if write:
-                                out_d[o0 + c0] = d0
-                                out_p[o0 + c0] = j
-                            c0 += 1
-                        if d1 <= radius:
+                                out_d[o + c_] = d
+                                out_p[o + c_] = j0 + jj
+                            c_ += 1
+                counts[qi] = c_
+        if write:
+            for qi in range(q0, q1):
+                sort_run(out_d, out_p, lims[qi], lims[qi + 1], bits)
+    return counts
+
+
+_masks_16 = block_masks(16)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def knn_scan_2(qw, dw, k, bits, qblock, dblock):
+    """Exact kNN over 2 word(s) per code, 32 codes per vector step; see ``_scan.knn_scan``."""
+    q8 = qw.view(np.uint8).reshape(qw.shape[0], 16)
+    d8 = dw.view(np.uint8).reshape(dw.shape[0], 16)
+    nq = qw.shape[0]
+    n = dw.shape[0]
+    out_d = np.full((nq, k), -1, dtype=np.int32)
+    out_p = np.full((nq, k), -1, dtype=np.int64)
+    nd = bits + 1
+    nqblocks = (nq + qblock - 1) // qblock
+    limit = k + max(k, 256)
+    cap = limit + 1
+    for bq in numba.prange(nqblocks):
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
+        nqb = q1 - q0
+        buf_d = np.empty((nqb, cap), dtype=np.int32)
+        buf_p = np.empty((nqb, cap), dtype=np.int64)
+        count = np.zeros(nqb, dtype=np.int64)
+        tau = np.full(nqb, nd, dtype=np.int64)
+        hist = np.zeros((nqb, nd), dtype=np.int64)
+        tr = np.empty((16, dblock), dtype=np.uint8)
+        masks = np.empty(dblock // 32, dtype=np.uint32)
+        for j0 in range(0, n, dblock):
+            nv = min(n, j0 + dblock) - j0
+            nch = (nv + 31) // 32
+            _transpose(d8, j0, nv, tr)
+            for qi in range(0, nqb):
+                t = tau[qi]
+                if t > MAX_THRESHOLD:
+                    masks[:nch] = 0xFFFFFFFF
+                else:
+                    _masks_16(tr, q8[q0 + qi], t, nch, masks)
+
+                for c in range(nch):
+                    m = masks[c]
+                    while m:
+                        jj = c * 32 + ctz32(m)
+                        m &= m - np.uint32(1)
+                        if jj >= nv:
+                            break
+                        d = _dist(qw, q0 + qi, dw, j0 + jj)
+                        if d < t:
+                            t = _push(buf_d, buf_p, count, hist, tau, qi, d, j0 + jj, k, limit)
+
+        for qi in range(nqb):
+            _select(buf_d[qi], buf_p[qi], count[qi], hist[qi], k, out_d[q0 + qi], out_p[q0 + qi])
+    return out_d, out_p
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def range_scan_2(qw, dw, radius, bits, qblock, dblock, lims, out_d, out_p):
+    """Range search over 2 word(s) per code, 32 codes per vector step; see ``_scan.range_scan``."""
+    q8 = qw.view(np.uint8).reshape(qw.shape[0], 16)
+    d8 = dw.view(np.uint8).reshape(dw.shape[0], 16)
+    nq = qw.shape[0]
+    n = dw.shape[0]
+    write = out_d.shape[0] > 0
+    counts = np.zeros(nq, dtype=np.int64)
+    nqblocks = (nq + qblock - 1) // qblock
+    for bq in numba.prange(nqblocks):
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
+        tr = np.empty((16, dblock), dtype=np.uint8)
+        masks = np.empty(dblock // 32, dtype=np.uint32)
+        for j0 in range(0, n, dblock):
+            nv = min(n, j0 + dblock) - j0
+            nch = (nv + 31) // 32
+            _transpose(d8, j0, nv, tr)
+            for qi in range(q0, q1):
+                t = radius + 1
+                if t > MAX_THRESHOLD:
+                    masks[:nch] = 0xFFFFFFFF
+                else:
+                    _masks_16(tr, q8[qi], t, nch, masks)
+                c_ = counts[qi]
+                o = lims[qi]
+                for c in range(nch):
+                    m = masks[c]
+                    while m:
+                        jj = c * 32 + ctz32(m)
+                        m &= m - np.uint32(1)
+                        if jj >= nv:
+                            break
+                        d = _dist(qw, qi, dw, j0 + jj)
+                        if d <= radius:
                             if write:
-                                out_d[o1 + c1] = d1
-                                out_p[o1 + c1] = j
-                            c1 += 1
-                        if d2 <= radius:
+                                out_d[o + c_] = d
+                                out_p[o + c_] = j0 + jj
+                            c_ += 1
+                counts[qi] = c_
+        if write:
+            for qi in range(q0, q1):
+                sort_run(out_d, out_p, lims[qi], lims[qi + 1], bits)
+    return counts
+
+
+_masks_24 = block_masks(24)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def knn_scan_3(qw, dw, k, bits, qblock, dblock):
+    """Exact kNN over 3 word(s) per code, 32 codes per vector step; see ``_scan.knn_scan``."""
+    q8 = qw.view(np.uint8).reshape(qw.shape[0], 24)
+    d8 = dw.view(np.uint8).reshape(dw.shape[0], 24)
+    nq = qw.shape[0]
+    n = dw.shape[0]
+    out_d = np.full((nq, k), -1, dtype=np.int32)
+    out_p = np.full((nq, k), -1, dtype=np.int64)
+    nd = bits + 1
+    nqblocks = (nq + qblock - 1) // qblock
+    limit = k + max(k, 256)
+    cap = limit + 1
+    for bq in numba.prange(nqblocks):
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
+        nqb = q1 - q0
+        buf_d = np.empty((nqb, cap), dtype=np.int32)
+        buf_p = np.empty((nqb, cap), dtype=np.int64)
+        count = np.zeros(nqb, dtype=np.int64)
+        tau = np.full(nqb, nd, dtype=np.int64)
+        hist = np.zeros((nqb, nd), dtype=np.int64)
+        tr = np.empty((24, dblock), dtype=np.uint8)
+        masks = np.empty(dblock // 32, dtype=np.uint32)
+        for j0 in range(0, n, dblock):
+            nv = min(n, j0 + dblock) - j0
+            nch = (nv + 31) // 32
+            _transpose(d8, j0, nv, tr)
+            for qi in range(0, nqb):
+                t = tau[qi]
+                if t > MAX_THRESHOLD:
+                    masks[:nch] = 0xFFFFFFFF
+                else:
+                    _masks_24(tr, q8[q0 + qi], t, nch, masks)
+
+                for c in range(nch):
+                    m = masks[c]
+                    while m:
+                        jj = c * 32 + ctz32(m)
+                        m &= m - np.uint32(1)
+                        if jj >= nv:
+                            break
+                        d = _dist(qw, q0 + qi, dw, j0 + jj)
+                        if d < t:
+                            t = _push(buf_d, buf_p, count, hist, tau, qi, d, j0 + jj, k, limit)
+
+        for qi in range(nqb):
+            _select(buf_d[qi], buf_p[qi], count[qi], hist[qi], k, out_d[q0 + qi], out_p[q0 + qi])
+    return out_d, out_p
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def range_scan_3(qw, dw, radius, bits, qblock, dblock, lims, out_d, out_p):
+    """Range search over 3 word(s) per code, 32 codes per vector step; see ``_scan.range_scan``."""
+    q8 = qw.view(np.uint8).reshape(qw.shape[0], 24)
+    d8 = dw.view(np.uint8).reshape(dw.shape[0], 24)
+    nq = qw.shape[0]
+    n = dw.shape[0]
+    write = out_d.shape[0] > 0
+    counts = np.zeros(nq, dtype=np.int64)
+    nqblocks = (nq + qblock - 1) // qblock
+    for bq in numba.prange(nqblocks):
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
+        tr = np.empty((24, dblock), dtype=np.uint8)
+        masks = np.empty(dblock // 32, dtype=np.uint32)
+        for j0 in range(0, n, dblock):
+            nv = min(n, j0 + dblock) - j0
+            nch = (nv + 31) // 32
+            _transpose(d8, j0, nv, tr)
+            for qi in range(q0, q1):
+                t = radius + 1
+                if t > MAX_THRESHOLD:
+                    masks[:nch] = 0xFFFFFFFF
+                else:
+                    _masks_24(tr, q8[qi], t, nch, masks)
+                c_ = counts[qi]
+                o = lims[qi]
+                for c in range(nch):
+                    m = masks[c]
+                    while m:
+                        jj = c * 32 + ctz32(m)
+                        m &= m - np.uint32(1)
+                        if jj >= nv:
+                            break
+                        d = _dist(qw, qi, dw, j0 + jj)
+                        if d <= radius:
                             if write:
-                                out_d[o2 + c2] = d2
-                                out_p[o2 + c2] = j
-                            c2 += 1
-                        if d3 <= radius:
+                                out_d[o + c_] = d
+                                out_p[o + c_] = j0 + jj
+                            c_ += 1
+                counts[qi] = c_
+        if write:
+            for qi in range(q0, q1):
+                sort_run(out_d, out_p, lims[qi], lims[qi + 1], bits)
+    return counts
+
+
+_masks_32 = block_masks(32)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def knn_scan_4(qw, dw, k, bits, qblock, dblock):
+    """Exact kNN over 4 word(s) per code, 32 codes per vector step; see ``_scan.knn_scan``."""
+    q8 = qw.view(np.uint8).reshape(qw.shape[0], 32)
+    d8 = dw.view(np.uint8).reshape(dw.shape[0], 32)
+    nq = qw.shape[0]
+    n = dw.shape[0]
+    out_d = np.full((nq, k), -1, dtype=np.int32)
+    out_p = np.full((nq, k), -1, dtype=np.int64)
+    nd = bits + 1
+    nqblocks = (nq + qblock - 1) // qblock
+    limit = k + max(k, 256)
+    cap = limit + 1
+    for bq in numba.prange(nqblocks):
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
+        nqb = q1 - q0
+        buf_d = np.empty((nqb, cap), dtype=np.int32)
+        buf_p = np.empty((nqb, cap), dtype=np.int64)
+        count = np.zeros(nqb, dtype=np.int64)
+        tau = np.full(nqb, nd, dtype=np.int64)
+        hist = np.zeros((nqb, nd), dtype=np.int64)
+        tr = np.empty((32, dblock), dtype=np.uint8)
+        masks = np.empty(dblock // 32, dtype=np.uint32)
+        for j0 in range(0, n, dblock):
+            nv = min(n, j0 + dblock) - j0
+            nch = (nv + 31) // 32
+            _transpose(d8, j0, nv, tr)
+            for qi in range(0, nqb):
+                t = tau[qi]
+                if t > MAX_THRESHOLD:
+                    masks[:nch] = 0xFFFFFFFF
+                else:
+                    _masks_32(tr, q8[q0 + qi], t, nch, masks)
+
+                for c in range(nch):
+                    m = masks[c]
+                    while m:
+                        jj = c * 32 + ctz32(m)
+                        m &= m - np.uint32(1)
+                        if jj >= nv:
+                            break
+                        d = _dist(qw, q0 + qi, dw, j0 + jj)
+                        if d < t:
+                            t = _push(buf_d, buf_p, count, hist, tau, qi, d, j0 + jj, k, limit)
+
+        for qi in range(nqb):
+            _select(buf_d[qi], buf_p[qi], count[qi], hist[qi], k, out_d[q0 + qi], out_p[q0 + qi])
+    return out_d, out_p
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def range_scan_4(qw, dw, radius, bits, qblock, dblock, lims, out_d, out_p):
+    """Range search over 4 word(s) per code, 32 codes per vector step; see ``_scan.range_scan``."""
+    q8 = qw.view(np.uint8).reshape(qw.shape[0], 32)
+    d8 = dw.view(np.uint8).reshape(dw.shape[0], 32)
+    nq = qw.shape[0]
+    n = dw.shape[0]
+    write = out_d.shape[0] > 0
+    counts = np.zeros(nq, dtype=np.int64)
+    nqblocks = (nq + qblock - 1) // qblock
+    for bq in numba.prange(nqblocks):
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
+        tr = np.empty((32, dblock), dtype=np.uint8)
+        masks = np.empty(dblock // 32, dtype=np.uint32)
+        for j0 in range(0, n, dblock):
+            nv = min(n, j0 + dblock) - j0
+            nch = (nv + 31) // 32
+            _transpose(d8, j0, nv, tr)
+            for qi in range(q0, q1):
+                t = radius + 1
+                if t > MAX_THRESHOLD:
+                    masks[:nch] = 0xFFFFFFFF
+                else:
+                    _masks_32(tr, q8[qi], t, nch, masks)
+                c_ = counts[qi]
+                o = lims[qi]
+                for c in range(nch):
+                    m = masks[c]
+                    while m:
+                        jj = c * 32 + ctz32(m)
+                        m &= m - np.uint32(1)
+                        if jj >= nv:
+                            break
+                        d = _dist(qw, qi, dw, j0 + jj)
+                        if d <= radius:
                             if write:
-                                out_d[o3 + c3] = d3
-                                out_p[o3 + c3] = j
-                            c3 += 1
-                counts[g + 0] = c0
-                counts[g + 1] = c1
-                counts[g + 2] = c2
-                counts[g + 3] = c3
+                                out_d[o + c_] = d
+                                out_p[o + c_] = j0 + jj
+                            c_ += 1
+                counts[qi] = c_
         if write:
             for qi in range(q0, q1):
                 sort_run(out_d, out_p, lims[qi], lims[qi + 1], bits)
@@ -135,19 +413,19 @@ def range_scan_1(qw, dw, radius, bits, dblock, lims, out_d, out_p):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def knn_scan_2(qw, dw, k, bits, dblock):
-    """Exact kNN over ``2`` word(s) per code; see ``_scan.knn_scan``."""
+def knn_scan_n(qw, dw, k, bits, qblock, dblock):
+    """Exact kNN over any number of words per code (scalar); see ``_scan.knn_scan``."""
     nq = qw.shape[0]
     n = dw.shape[0]
     out_d = np.full((nq, k), -1, dtype=np.int32)
     out_p = np.full((nq, k), -1, dtype=np.int64)
     nd = bits + 1
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
+    nqblocks = (nq + qblock - 1) // qblock
     limit = k + max(k, 256)
     cap = limit + 1
     for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
         nqb = q1 - q0
         buf_d = np.empty((nqb, cap), dtype=np.int32)
         buf_p = np.empty((nqb, cap), dtype=np.int64)
@@ -156,322 +434,41 @@ def knn_scan_2(qw, dw, k, bits, dblock):
         hist = np.zeros((nqb, nd), dtype=np.int64)
         for j0 in range(0, n, dblock):
             j1 = min(n, j0 + dblock)
-            for g in range(0, nqb, 1):
-                t0 = tau[g + 0]
-                a0_0 = qw[q0 + g + 0, 0]
-                a0_1 = qw[q0 + g + 0, 1]
+            for qi in range(nqb):
+                t = tau[qi]
                 for j in range(j0, j1):
-                    x0 = dw[j, 0]
-                    x1 = dw[j, 1]
-                    d0 = np.int64(popcount64(a0_0 ^ x0) + popcount64(a0_1 ^ x1))
-                    if d0 < t0:
-                        if d0 < t0:
-                            t0 = _push(buf_d, buf_p, count, hist, tau, g + 0, d0, j, k, limit)
+                    d = _dist(qw, q0 + qi, dw, j)
+                    if d < t:
+                        t = _push(buf_d, buf_p, count, hist, tau, qi, d, j, k, limit)
         for qi in range(nqb):
-            c, t = _compact(buf_d[qi], buf_p[qi], count[qi], hist[qi], k)
-            # counting sort of the (at most k) survivors by distance; stable keeps position order
-            start = np.zeros(nd + 1, dtype=np.int64)
-            for d in range(nd):
-                start[d + 1] = start[d] + hist[qi, d]
-            for i in range(c):
-                d = buf_d[qi, i]
-                r = start[d]
-                start[d] += 1
-                if r < k:
-                    out_d[q0 + qi, r] = d
-                    out_p[q0 + qi, r] = buf_p[qi, i]
+            _select(buf_d[qi], buf_p[qi], count[qi], hist[qi], k, out_d[q0 + qi], out_p[q0 + qi])
     return out_d, out_p
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def range_scan_2(qw, dw, radius, bits, dblock, lims, out_d, out_p):
-    """Range search over ``2`` word(s) per code; see ``_scan.range_scan``."""
+def range_scan_n(qw, dw, radius, bits, qblock, dblock, lims, out_d, out_p):
+    """Range search over any number of words per code (scalar); see ``_scan.range_scan``."""
     nq = qw.shape[0]
     n = dw.shape[0]
     write = out_d.shape[0] > 0
     counts = np.zeros(nq, dtype=np.int64)
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
+    nqblocks = (nq + qblock - 1) // qblock
     for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
+        q0 = bq * qblock
+        q1 = min(nq, q0 + qblock)
         for j0 in range(0, n, dblock):
             j1 = min(n, j0 + dblock)
-            for g in range(q0, q1, 1):
-                c0 = counts[g + 0]
-                o0 = lims[g + 0]
-                a0_0 = qw[g + 0, 0]
-                a0_1 = qw[g + 0, 1]
-                for j in range(j0, j1):
-                    x0 = dw[j, 0]
-                    x1 = dw[j, 1]
-                    d0 = np.int64(popcount64(a0_0 ^ x0) + popcount64(a0_1 ^ x1))
-                    if d0 <= radius:
-                        if d0 <= radius:
-                            if write:
-                                out_d[o0 + c0] = d0
-                                out_p[o0 + c0] = j
-                            c0 += 1
-                counts[g + 0] = c0
-        if write:
             for qi in range(q0, q1):
-                sort_run(out_d, out_p, lims[qi], lims[qi + 1], bits)
-    return counts
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def knn_scan_3(qw, dw, k, bits, dblock):
-    """Exact kNN over ``3`` word(s) per code; see ``_scan.knn_scan``."""
-    nq = qw.shape[0]
-    n = dw.shape[0]
-    out_d = np.full((nq, k), -1, dtype=np.int32)
-    out_p = np.full((nq, k), -1, dtype=np.int64)
-    nd = bits + 1
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
-    limit = k + max(k, 256)
-    cap = limit + 1
-    for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
-        nqb = q1 - q0
-        buf_d = np.empty((nqb, cap), dtype=np.int32)
-        buf_p = np.empty((nqb, cap), dtype=np.int64)
-        count = np.zeros(nqb, dtype=np.int64)
-        tau = np.full(nqb, nd, dtype=np.int64)
-        hist = np.zeros((nqb, nd), dtype=np.int64)
-        for j0 in range(0, n, dblock):
-            j1 = min(n, j0 + dblock)
-            for g in range(0, nqb, 1):
-                t0 = tau[g + 0]
-                a0_0 = qw[q0 + g + 0, 0]
-                a0_1 = qw[q0 + g + 0, 1]
-                a0_2 = qw[q0 + g + 0, 2]
+                c_ = counts[qi]
+                o = lims[qi]
                 for j in range(j0, j1):
-                    x0 = dw[j, 0]
-                    x1 = dw[j, 1]
-                    x2 = dw[j, 2]
-                    d0 = np.int64(popcount64(a0_0 ^ x0) + popcount64(a0_1 ^ x1) + popcount64(a0_2 ^ x2))
-                    if d0 < t0:
-                        if d0 < t0:
-                            t0 = _push(buf_d, buf_p, count, hist, tau, g + 0, d0, j, k, limit)
-        for qi in range(nqb):
-            c, t = _compact(buf_d[qi], buf_p[qi], count[qi], hist[qi], k)
-            # counting sort of the (at most k) survivors by distance; stable keeps position order
-            start = np.zeros(nd + 1, dtype=np.int64)
-            for d in range(nd):
-                start[d + 1] = start[d] + hist[qi, d]
-            for i in range(c):
-                d = buf_d[qi, i]
-                r = start[d]
-                start[d] += 1
-                if r < k:
-                    out_d[q0 + qi, r] = d
-                    out_p[q0 + qi, r] = buf_p[qi, i]
-    return out_d, out_p
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def range_scan_3(qw, dw, radius, bits, dblock, lims, out_d, out_p):
-    """Range search over ``3`` word(s) per code; see ``_scan.range_scan``."""
-    nq = qw.shape[0]
-    n = dw.shape[0]
-    write = out_d.shape[0] > 0
-    counts = np.zeros(nq, dtype=np.int64)
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
-    for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
-        for j0 in range(0, n, dblock):
-            j1 = min(n, j0 + dblock)
-            for g in range(q0, q1, 1):
-                c0 = counts[g + 0]
-                o0 = lims[g + 0]
-                a0_0 = qw[g + 0, 0]
-                a0_1 = qw[g + 0, 1]
-                a0_2 = qw[g + 0, 2]
-                for j in range(j0, j1):
-                    x0 = dw[j, 0]
-                    x1 = dw[j, 1]
-                    x2 = dw[j, 2]
-                    d0 = np.int64(popcount64(a0_0 ^ x0) + popcount64(a0_1 ^ x1) + popcount64(a0_2 ^ x2))
-                    if d0 <= radius:
-                        if d0 <= radius:
-                            if write:
-                                out_d[o0 + c0] = d0
-                                out_p[o0 + c0] = j
-                            c0 += 1
-                counts[g + 0] = c0
-        if write:
-            for qi in range(q0, q1):
-                sort_run(out_d, out_p, lims[qi], lims[qi + 1], bits)
-    return counts
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def knn_scan_4(qw, dw, k, bits, dblock):
-    """Exact kNN over ``4`` word(s) per code; see ``_scan.knn_scan``."""
-    nq = qw.shape[0]
-    n = dw.shape[0]
-    out_d = np.full((nq, k), -1, dtype=np.int32)
-    out_p = np.full((nq, k), -1, dtype=np.int64)
-    nd = bits + 1
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
-    limit = k + max(k, 256)
-    cap = limit + 1
-    for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
-        nqb = q1 - q0
-        buf_d = np.empty((nqb, cap), dtype=np.int32)
-        buf_p = np.empty((nqb, cap), dtype=np.int64)
-        count = np.zeros(nqb, dtype=np.int64)
-        tau = np.full(nqb, nd, dtype=np.int64)
-        hist = np.zeros((nqb, nd), dtype=np.int64)
-        for j0 in range(0, n, dblock):
-            j1 = min(n, j0 + dblock)
-            for g in range(0, nqb, 1):
-                t0 = tau[g + 0]
-                a0_0 = qw[q0 + g + 0, 0]
-                a0_1 = qw[q0 + g + 0, 1]
-                a0_2 = qw[q0 + g + 0, 2]
-                a0_3 = qw[q0 + g + 0, 3]
-                for j in range(j0, j1):
-                    x0 = dw[j, 0]
-                    x1 = dw[j, 1]
-                    x2 = dw[j, 2]
-                    x3 = dw[j, 3]
-                    d0 = np.int64(
-                        popcount64(a0_0 ^ x0) + popcount64(a0_1 ^ x1) + popcount64(a0_2 ^ x2) + popcount64(a0_3 ^ x3)
-                    )
-                    if d0 < t0:
-                        if d0 < t0:
-                            t0 = _push(buf_d, buf_p, count, hist, tau, g + 0, d0, j, k, limit)
-        for qi in range(nqb):
-            c, t = _compact(buf_d[qi], buf_p[qi], count[qi], hist[qi], k)
-            # counting sort of the (at most k) survivors by distance; stable keeps position order
-            start = np.zeros(nd + 1, dtype=np.int64)
-            for d in range(nd):
-                start[d + 1] = start[d] + hist[qi, d]
-            for i in range(c):
-                d = buf_d[qi, i]
-                r = start[d]
-                start[d] += 1
-                if r < k:
-                    out_d[q0 + qi, r] = d
-                    out_p[q0 + qi, r] = buf_p[qi, i]
-    return out_d, out_p
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def range_scan_4(qw, dw, radius, bits, dblock, lims, out_d, out_p):
-    """Range search over ``4`` word(s) per code; see ``_scan.range_scan``."""
-    nq = qw.shape[0]
-    n = dw.shape[0]
-    write = out_d.shape[0] > 0
-    counts = np.zeros(nq, dtype=np.int64)
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
-    for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
-        for j0 in range(0, n, dblock):
-            j1 = min(n, j0 + dblock)
-            for g in range(q0, q1, 1):
-                c0 = counts[g + 0]
-                o0 = lims[g + 0]
-                a0_0 = qw[g + 0, 0]
-                a0_1 = qw[g + 0, 1]
-                a0_2 = qw[g + 0, 2]
-                a0_3 = qw[g + 0, 3]
-                for j in range(j0, j1):
-                    x0 = dw[j, 0]
-                    x1 = dw[j, 1]
-                    x2 = dw[j, 2]
-                    x3 = dw[j, 3]
-                    d0 = np.int64(
-                        popcount64(a0_0 ^ x0) + popcount64(a0_1 ^ x1) + popcount64(a0_2 ^ x2) + popcount64(a0_3 ^ x3)
-                    )
-                    if d0 <= radius:
-                        if d0 <= radius:
-                            if write:
-                                out_d[o0 + c0] = d0
-                                out_p[o0 + c0] = j
-                            c0 += 1
-                counts[g + 0] = c0
-        if write:
-            for qi in range(q0, q1):
-                sort_run(out_d, out_p, lims[qi], lims[qi + 1], bits)
-    return counts
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def knn_scan_n(qw, dw, k, bits, dblock):
-    """Exact kNN over ``any number of`` word(s) per code; see ``_scan.knn_scan``."""
-    nq = qw.shape[0]
-    n = dw.shape[0]
-    out_d = np.full((nq, k), -1, dtype=np.int32)
-    out_p = np.full((nq, k), -1, dtype=np.int64)
-    nd = bits + 1
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
-    limit = k + max(k, 256)
-    cap = limit + 1
-    for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
-        nqb = q1 - q0
-        buf_d = np.empty((nqb, cap), dtype=np.int32)
-        buf_p = np.empty((nqb, cap), dtype=np.int64)
-        count = np.zeros(nqb, dtype=np.int64)
-        tau = np.full(nqb, nd, dtype=np.int64)
-        hist = np.zeros((nqb, nd), dtype=np.int64)
-        for j0 in range(0, n, dblock):
-            j1 = min(n, j0 + dblock)
-            for g in range(0, nqb, 1):
-                t0 = tau[g + 0]
-                for j in range(j0, j1):
-                    d0 = _dist(qw, q0 + g, dw, j)
-                    if d0 < t0:
-                        if d0 < t0:
-                            t0 = _push(buf_d, buf_p, count, hist, tau, g + 0, d0, j, k, limit)
-        for qi in range(nqb):
-            c, t = _compact(buf_d[qi], buf_p[qi], count[qi], hist[qi], k)
-            # counting sort of the (at most k) survivors by distance; stable keeps position order
-            start = np.zeros(nd + 1, dtype=np.int64)
-            for d in range(nd):
-                start[d + 1] = start[d] + hist[qi, d]
-            for i in range(c):
-                d = buf_d[qi, i]
-                r = start[d]
-                start[d] += 1
-                if r < k:
-                    out_d[q0 + qi, r] = d
-                    out_p[q0 + qi, r] = buf_p[qi, i]
-    return out_d, out_p
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def range_scan_n(qw, dw, radius, bits, dblock, lims, out_d, out_p):
-    """Range search over ``any number of`` word(s) per code; see ``_scan.range_scan``."""
-    nq = qw.shape[0]
-    n = dw.shape[0]
-    write = out_d.shape[0] > 0
-    counts = np.zeros(nq, dtype=np.int64)
-    nqblocks = (nq + QUERY_BLOCK - 1) // QUERY_BLOCK
-    for bq in numba.prange(nqblocks):
-        q0 = bq * QUERY_BLOCK
-        q1 = min(nq, q0 + QUERY_BLOCK)
-        for j0 in range(0, n, dblock):
-            j1 = min(n, j0 + dblock)
-            for g in range(q0, q1, 1):
-                c0 = counts[g + 0]
-                o0 = lims[g + 0]
-                for j in range(j0, j1):
-                    d0 = _dist(qw, g, dw, j)
-                    if d0 <= radius:
-                        if d0 <= radius:
-                            if write:
-                                out_d[o0 + c0] = d0
-                                out_p[o0 + c0] = j
-                            c0 += 1
-                counts[g + 0] = c0
+                    d = _dist(qw, qi, dw, j)
+                    if d <= radius:
+                        if write:
+                            out_d[o + c_] = d
+                            out_p[o + c_] = j
+                        c_ += 1
+                counts[qi] = c_
         if write:
             for qi in range(q0, q1):
                 sort_run(out_d, out_p, lims[qi], lims[qi + 1], bits)
