@@ -91,7 +91,7 @@ def test_dmsh_options_change_the_loss():
         m = cls(bits=8, **kw)
         head = m.build_head({"s1": 8, "s2": 16}, pooled=False)
         head.eval()
-        return float(m.loss(head(maps), batch))
+        return float(m.loss(head(maps), batch).detach())
 
     base = loss_of()
     assert loss_of(focal_gamma=2.0) < base
