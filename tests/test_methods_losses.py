@@ -111,10 +111,10 @@ def test_memory_is_used_and_checkpointable():
     m = get_method("dpsh")(bits=8, memory=32)
     head = m.build_head({"s2": 16}, pooled=False)
     out = head(maps)
-    before = float(m.loss(out, batch))
+    before = float(m.loss(out, batch).detach())
     m.on_batch_end(None, batch, out)
     assert m.state_dict()["memory_codes"].shape == (16, 8)
-    after = float(m.loss(head(maps), batch))
+    after = float(m.loss(head(maps), batch).detach())
     assert after != before
     fresh = get_method("dpsh")(bits=8, memory=32)
     fresh.load_state_dict(m.state_dict())
