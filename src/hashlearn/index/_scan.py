@@ -37,11 +37,12 @@ def db_block(nw: int) -> int:
 
 def query_block(nq: int, k: int) -> int:
     """Queries per block: up to ``QUERY_BLOCK`` (each database block is transposed once per query
-    block, so larger blocks amortise it), but at least one block per thread, and candidate
-    buffers of at most ~64 MiB per block."""
-    per_thread = -(-nq // max(1, numba.get_num_threads()))
-    cap = max(1, (64 << 20) // (12 * (2 * k + 257)))
-    return int(max(1, min(QUERY_BLOCK, per_thread, cap)))
+    block, so larger blocks amortise it), with a number of blocks that is a multiple of the
+    threads (equal shares), and candidate buffers of at most ~64 MiB per block."""
+    threads = max(1, numba.get_num_threads())
+    cap = max(1, min(QUERY_BLOCK, (64 << 20) // (12 * (2 * k + 257))))
+    blocks = threads * -(-nq // (threads * cap))
+    return int(max(1, -(-nq // max(1, blocks))))
 
 
 @numba.njit(cache=True, nogil=True)
