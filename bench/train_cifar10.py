@@ -131,7 +131,17 @@ B_TUNE = {
     "dmsh-spec": ("dmsh", []),
     "dmsh-mlp-ds0": ("dmsh", ["method_args.scale_head=mlp", "method_args.deep_supervision=0.0"]),
     "dmsh-mlp-ds03": ("dmsh", ["method_args.scale_head=mlp", "method_args.deep_supervision=0.3"]),
+    # added after the 12-bit B runs (DMSH behind DPSH): linear (untanh'd) codes as DPSH's
+    "dmsh-mlp-ds03-lin": (
+        "dmsh",
+        ["method_args.scale_head=mlp", "method_args.deep_supervision=0.3", "method_args.activation=none"],
+    ),
 }
+B_TUNE_BITS = (32, 12)  # 32 chose the B setting before B started; 12 was added to diagnose B's 12 bits
+
+
+def b_tune_dir(name: str, bits: int) -> Path:
+    return RUNS / "cifar10-II-tune" / (name if bits == 32 else f"{name}-{bits}b")
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -275,15 +285,16 @@ def b_tune_commands() -> list[tuple[str, list[str]]]:
                 method,
                 *B_COMMON,
                 "--bits",
-                "32",
+                str(bits),
                 "--epochs",
                 "3",
                 *sets(["data.limit=8000", "train.eval_every=1", *o]),
                 "--out",
-                str(RUNS / "cifar10-II-tune" / name),
+                str(b_tune_dir(name, bits)),
                 "--quiet",
             ],
         )
+        for bits in B_TUNE_BITS
         for name, (method, o) in B_TUNE.items()
     ]
 
@@ -507,20 +518,18 @@ def report_a() -> None:
 
 
 def b_tune_lines() -> list[str]:
-    """The `tune-b` table: validation mAP@all at 32 bits of each variant (validation split only)."""
+    """The `tune-b` table: validation mAP@all of each variant (validation split only)."""
     lines = [
-        "| variant | overrides | val mAP@all (32 bits) | train img/s |",
-        "|---|---|---|---|",
+        "| variant | overrides | " + " | ".join(f"val mAP@all ({b} bits)" for b in B_TUNE_BITS) + " | train img/s |",
+        "|---|---|" + "---|" * len(B_TUNE_BITS) + "---|",
     ]
     for name, (_method, overrides) in B_TUNE.items():
-        ms = read_metrics(RUNS / "cifar10-II-tune" / name)
-        if not ms:
-            lines.append(f"| {name} | `{' '.join(overrides) or '-'}` | not run | |")
-            continue
-        m = ms[0]
-        lines.append(
-            f"| {name} | `{' '.join(overrides) or '-'}` | {m['val_mAP']:.4f} | {m.get('images_per_second', 0):.0f} |"
-        )
+        cells, speed = [], ""
+        for bits in B_TUNE_BITS:
+            ms = read_metrics(b_tune_dir(name, bits))
+            cells.append(f"{ms[0]['val_mAP']:.4f}" if ms else "not run")
+            speed = speed or (f"{ms[0].get('images_per_second', 0):.0f}" if ms else "")
+        lines.append(f"| {name} | `{' '.join(overrides) or '-'}` | " + " | ".join(cells) + f" | {speed} |")
     return lines
 
 
@@ -648,9 +657,10 @@ def main(argv=None) -> None:
                 continue
             run(c, args.dry_run)
     if args.step in ("tune-b", "all"):
-        for name, c in b_tune_commands():
-            if (RUNS / "cifar10-II-tune" / name / "summary.json").exists() and not args.dry_run:
-                print(f"# done already: {name}")
+        for _name, c in b_tune_commands():
+            out = Path(c[c.index("--out") + 1])
+            if (out / "summary.json").exists() and not args.dry_run:
+                print(f"# done already: {out.name}")
                 continue
             run(c, args.dry_run)
     if args.step in ("run-b", "all"):
