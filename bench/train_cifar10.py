@@ -136,6 +136,18 @@ B_TUNE = {
         "dmsh",
         ["method_args.scale_head=mlp", "method_args.deep_supervision=0.3", "method_args.activation=none"],
     ),
+    # DPSH's linear hash layer on the concatenated (BN-normalised) pooled taps, linear codes: the
+    # smallest multi-scale step from DPSH
+    "dmsh-linear-feature-bn": (
+        "dmsh",
+        [
+            "method_args.scale_head=linear",
+            "method_args.fusion=feature",
+            "method_args.normalize=bn",
+            "method_args.activation=none",
+            "method_args.deep_supervision=0.3",
+        ],
+    ),
 }
 B_TUNE_BITS = (32, 12)  # 32 chose the B setting before B started; 12 was added to diagnose B's 12 bits
 
