@@ -286,7 +286,8 @@ def breakeven_section(be, command) -> str:
         "",
         f"Measured {datetime.date.today().isoformat()} with `{command}`; load average before / after: "
         + " / ".join(f"{x:.2f}" for x in be[0]["load"][:1] + be[-1]["load"][:1])
-        + f" on {os.cpu_count()} cores (other jobs running). Threads: {THREADS}.",
+        + f" on {os.cpu_count()} cores (1-minute averages; they include this benchmark's own threads). "
+        f"Threads: {THREADS}.",
         "",
         "`auto` = the method `HammingIndex(bits).search(queries, k)` chose for these very queries "
         "(`index.last_method`): it samples 16,384 codes and 8 queries to estimate the k-th neighbour's "

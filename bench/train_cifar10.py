@@ -635,7 +635,7 @@ def report_b(epochs: int) -> None:
         "* backbone width 16 (channels 16-32-64-128): ~3x the images/s of width 32 on this CPU, which "
         "buys 8 epochs instead of 1 in the time available.",
         *hparams_lines(metrics),
-        f"* {MACHINE}",
+        f"* {MACHINE.replace('3–4', '2–3')}",
         "* DMSH settings for B were chosen on the validation split before B started (`tune-b`: 3 epochs "
         "on an 8,000-image training subset, 32 bits, same lr for all): the spec's conv scale heads against "
         "MLP scale heads, with and without per-scale losses λ_s; DPSH measured the same way. The 12-bit "

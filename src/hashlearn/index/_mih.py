@@ -18,8 +18,43 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from hashlearn.codes._kernels import popcount64
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i, j):
+    """Hint the CPU to fetch ``arr[i, j]`` (2-D) into cache (LLVM ``prefetch``; no effect on results)."""
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        idx = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], signature.args[1:], strict=True)]
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, idx)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        zero, three, one = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), zero, three, one])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _next_combination(v, limit):
+    """Next integer after ``v`` with as many set bits (Gosper's hack), or ``limit`` after the last."""
+    if v == 0:
+        return limit
+    c = v & -v
+    rr = v + c
+    nxt = (((rr ^ v) >> 2) // c) | rr
+    return nxt if nxt < limit else limit
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -92,9 +127,22 @@ def _probe_radius(
     limit = np.int64(1) << s
     base = table_base[i]
     qkey = qkeys[i]
+    offs = offsets.reshape(1, offsets.shape[0])  # 2-D view for _prefetch
+    # buckets are visited in a software pipeline: the offsets of the bucket after next and the
+    # first codes of the next bucket are prefetched, so their cache misses overlap this bucket's work
     v = (np.int64(1) << r) - 1
+    v1 = _next_combination(v, limit)
+    if v1 < limit:
+        _prefetch(offs, 0, base + (qkey ^ v1))
     while v < limit:
         b = qkey ^ v
+        v2 = _next_combination(v1, limit) if v1 < limit else limit
+        if v2 < limit:
+            _prefetch(offs, 0, base + (qkey ^ v2))
+        if v1 < limit:
+            o1 = offsets[base + (qkey ^ v1)]
+            if o1 < codes.shape[0]:
+                _prefetch(codes, o1, 0)
         for t in range(offsets[base + b], offsets[base + b + 1]):
             d = 0
             for w in range(nw):
@@ -132,12 +180,8 @@ def _probe_radius(
                     if cum >= state[2]:
                         state[1] = tt
                         break
-        if v == 0:
-            break
-        # Gosper's hack: next integer with the same number of set bits
-        c = v & -v
-        rr = v + c
-        v = (((rr ^ v) >> 2) // c) | rr
+        v = v1
+        v1 = v2
     return cand_d, cand_p
 
 

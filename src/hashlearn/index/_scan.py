@@ -27,6 +27,7 @@ import numpy as np
 from hashlearn.codes._kernels import popcount64
 
 QUERY_BLOCK = 256
+MIN_VECTOR_QUERIES = 3
 DB_BLOCK_BYTES = 8 * 1024
 
 
@@ -162,8 +163,10 @@ def knn_scan(qw: np.ndarray, dw: np.ndarray, k: int, bits: int) -> tuple[np.ndar
     """
     from hashlearn.index._scan_kernels import KNN, knn_scan_n
 
-    kernel = KNN.get(dw.shape[1], knn_scan_n)
     qb = query_block(qw.shape[0], int(k))
+    # the vector kernels transpose each database block once per query block: worth it from
+    # ~3 queries per block (measured); fewer (single queries) scan the rows directly
+    kernel = KNN.get(dw.shape[1], knn_scan_n) if qb >= MIN_VECTOR_QUERIES else knn_scan_n
     return kernel(np.ascontiguousarray(qw), np.ascontiguousarray(dw), int(k), int(bits), qb, db_block(dw.shape[1]))
 
 
@@ -174,11 +177,11 @@ def range_scan(qw: np.ndarray, dw: np.ndarray, radius: int, bits: int):
     """
     from hashlearn.index._scan_kernels import RANGE, range_scan_n
 
-    kernel = RANGE.get(dw.shape[1], range_scan_n)
     q = np.ascontiguousarray(qw)
     dw = np.ascontiguousarray(dw)
     block = db_block(dw.shape[1])
     qb = query_block(q.shape[0], 0)
+    kernel = RANGE.get(dw.shape[1], range_scan_n) if qb >= MIN_VECTOR_QUERIES else range_scan_n
     zeros_lims = np.zeros(q.shape[0] + 1, dtype=np.int64)
     empty_d = np.empty(0, dtype=np.int32)
     empty_p = np.empty(0, dtype=np.int64)

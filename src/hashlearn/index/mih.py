@@ -121,7 +121,9 @@ class MIHTables:
             offsets.append(off)
             self.table_base[i] = base
             base += nbuckets + 1
-        self.offsets = np.concatenate(offsets)
+        # int32 offsets when they fit: half the bytes, so more of the tables stays in cache (each
+        # probe reads two random offsets; at 10M codes, 3 tables of 2**21 buckets)
+        self.offsets = np.concatenate(offsets).astype(np.int32 if n < 2**31 else np.int64)
         self.positions = positions
         # codes copied in each table's bucket order: verification streams memory instead of
         # missing the cache once per candidate (m copies of the codes; 10x faster at 10M codes)
