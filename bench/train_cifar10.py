@@ -174,25 +174,30 @@ def run(cmd: list[str], dry: bool) -> None:
         subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def train_cmd(
+    method: str,
+    common: list[str],
+    bits: str | int,
+    out: Path,
+    *,
+    epochs: str | int | None = None,
+    lr: str | None = None,
+    overrides: list[str] = (),
+    quiet: bool = True,
+) -> list[str]:
+    """The ``hashlearn train`` command line of one run (every part builds its runs with this)."""
+    cmd = [HASHLEARN, "train", "--method", method, *common, "--bits", str(bits)]
+    if epochs is not None:
+        cmd += ["--epochs", str(epochs)]
+    if lr is not None:
+        cmd += ["--lr", lr]
+    cmd += [*sets(overrides), "--out", str(out)]
+    return cmd + ["--quiet"] if quiet else cmd
+
+
 def tune_cmd(method: str, variant: str, overrides: list[str], lr: str) -> list[str]:
     out = RUNS / "cifar10-1-tune" / f"{variant}-lr{lr}"
-    return [
-        HASHLEARN,
-        "train",
-        "--method",
-        method,
-        *A_COMMON,
-        "--bits",
-        A_TUNE_BITS,
-        "--epochs",
-        str(A_EPOCHS),
-        "--lr",
-        lr,
-        *sets(overrides),
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+    return train_cmd(method, A_COMMON, A_TUNE_BITS, out, epochs=A_EPOCHS, lr=lr, overrides=overrides)
 
 
 def read_metrics(folder: Path) -> list[dict]:
@@ -236,75 +241,29 @@ def a_commands() -> list[tuple[str, list[str]]]:
     cmds = []
     for method in ("dpsh", "dmsh"):
         best = best_setting(method)
-        cmds.append(
-            (
-                method,
-                [
-                    HASHLEARN,
-                    "train",
-                    "--method",
-                    method,
-                    *A_COMMON,
-                    "--bits",
-                    BITS,
-                    "--epochs",
-                    str(A_EPOCHS),
-                    "--lr",
-                    best["lr"],
-                    *sets(best["overrides"]),
-                    "--out",
-                    str(RUNS / f"cifar10-1-lite0-{method}"),
-                    "--quiet",
-                ],
-            )
-        )
+        out = RUNS / f"cifar10-1-lite0-{method}"
+        cmd = train_cmd(method, A_COMMON, BITS, out, epochs=A_EPOCHS, lr=best["lr"], overrides=best["overrides"])
+        cmds.append((method, cmd))
     return cmds + shallow_commands()
 
 
 def shallow_commands() -> list[tuple[str, list[str]]]:
-    cmds = []
-    for method in SHALLOW:
-        cmds.append(
-            (
-                method,
-                [
-                    HASHLEARN,
-                    "train",
-                    "--method",
-                    method,
-                    *A_COMMON,
-                    "--set",
-                    "shallow.features=backbone",
-                    "--bits",
-                    BITS,
-                    "--out",
-                    str(RUNS / f"cifar10-1-lite0-{method}"),
-                    "--quiet",
-                ],
-            )
-        )
-    return cmds
+    common = [*A_COMMON, "--set", "shallow.features=backbone"]
+    return [(m, train_cmd(m, common, BITS, RUNS / f"cifar10-1-lite0-{m}")) for m in SHALLOW]
 
 
 def b_tune_commands() -> list[tuple[str, list[str]]]:
     return [
         (
             name,
-            [
-                HASHLEARN,
-                "train",
-                "--method",
+            train_cmd(
                 method,
-                *B_COMMON,
-                "--bits",
-                str(bits),
-                "--epochs",
-                "3",
-                *sets(["data.limit=8000", "train.eval_every=1", *o]),
-                "--out",
-                str(b_tune_dir(name, bits)),
-                "--quiet",
-            ],
+                B_COMMON,
+                bits,
+                b_tune_dir(name, bits),
+                epochs=3,
+                overrides=["data.limit=8000", "train.eval_every=1", *o],
+            ),
         )
         for bits in B_TUNE_BITS
         for name, (method, o) in B_TUNE.items()
@@ -313,23 +272,7 @@ def b_tune_commands() -> list[tuple[str, list[str]]]:
 
 def b_commands(epochs: int) -> list[tuple[str, list[str]]]:
     return [
-        (
-            m,
-            [
-                HASHLEARN,
-                "train",
-                "--method",
-                m,
-                *B_COMMON,
-                "--bits",
-                BITS,
-                "--epochs",
-                str(epochs),
-                *sets(o),
-                "--out",
-                str(RUNS / f"cifar10-II-smallcnn-{m}"),
-            ],
-        )
+        (m, train_cmd(m, B_COMMON, BITS, RUNS / f"cifar10-II-smallcnn-{m}", epochs=epochs, overrides=o, quiet=False))
         for m, o in B_SETTINGS.items()
     ]
 
