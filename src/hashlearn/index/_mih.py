@@ -24,6 +24,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from hashlearn.codes._kernels import popcount64
+from hashlearn.index._scan import _dist
 
 
 @intrinsic
@@ -96,14 +97,6 @@ def build_table(keys, nbuckets):
     return offsets, positions
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _full_dist(qw, qi, dw, j):
-    acc = 0
-    for w in range(qw.shape[1]):
-        acc += popcount64(qw[qi, w] ^ dw[j, w])
-    return acc
-
-
 @numba.njit(cache=True, nogil=True)
 def _probe_radius(
     qw, qi, qkeys, inline, sub_len, r, table_base, offsets, positions, i, seg, state, cand_d, cand_p, hist
@@ -122,7 +115,6 @@ def _probe_radius(
     if r > s:
         return cand_d, cand_p
     m = sub_len.shape[0]
-    nw = qw.shape[1]
     codes = inline[i]
     limit = np.int64(1) << s
     base = table_base[i]
@@ -144,9 +136,7 @@ def _probe_radius(
             if o1 < codes.shape[0]:
                 _prefetch(codes, o1, 0)
         for t in range(offsets[base + b], offsets[base + b + 1]):
-            d = 0
-            for w in range(nw):
-                d += popcount64(qw[qi, w] ^ codes[t, w])
+            d = _dist(qw, qi, codes, t)
             if d > state[1]:
                 continue
             dup = False
