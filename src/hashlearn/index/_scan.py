@@ -58,19 +58,11 @@ def _transpose(d8, j0, nv, tr):
 @numba.njit(cache=True, nogil=True)
 def _select(buf_d, buf_p, count, hist, k, out_d, out_p):
     """Write the ``k`` best of one query's buffer to ``out_d``/``out_p`` in (distance, position)
-    order: compaction, then a counting sort by distance (stable: the buffer is in position order)."""
-    nd = hist.shape[0]
+    order: compaction to at most ``k``, then :func:`sort_run` (the buffer is in position order)."""
     c, _ = _compact(buf_d, buf_p, count, hist, k)
-    start = np.zeros(nd + 1, dtype=np.int64)
-    for d in range(nd):
-        start[d + 1] = start[d] + hist[d]
-    for i in range(c):
-        d = buf_d[i]
-        r = start[d]
-        start[d] += 1
-        if r < k:
-            out_d[r] = d
-            out_p[r] = buf_p[i]
+    sort_run(buf_d, buf_p, 0, c, hist.shape[0] - 1)
+    out_d[:c] = buf_d[:c]
+    out_p[:c] = buf_p[:c]
 
 
 @numba.njit(cache=True, nogil=True)
