@@ -377,11 +377,12 @@ def hparams_lines(metrics: dict) -> list[str]:
     return out
 
 
-MACHINE = (
-    "Machine: 2 CPU cores shared with other concurrent work (load average ≈ 3–4 during the runs), "
-    "24 GiB, no GPU; training seconds and images/s are wall-clock on that shared machine and "
-    "only comparable within this file."
-)
+def machine_line(load: str) -> str:
+    return (
+        f"Machine: 2 CPU cores shared with other concurrent work (load average ≈ {load} during the runs), "
+        "24 GiB, no GPU; training seconds and images/s are wall-clock on that shared machine and "
+        "only comparable within this file."
+    )
 
 
 def report_a() -> None:
@@ -409,7 +410,7 @@ def report_a() -> None:
         "tap (FC→BN→ReLU→FC→ReLU→FC→tanh, 256 wide); DPSH is the paper's single linear hash layer on `pool`.",
         "* `val mAP` is validation queries against the *training* codes (what the trainer selects on); "
         "it is optimistic compared with the query split against the 59,000-image database.",
-        f"* {MACHINE} Torch and numba used 1 thread (`train.threads=1`, `NUMBA_NUM_THREADS=1`).",
+        f"* {machine_line('3–4')} Torch and numba used 1 thread (`train.threads=1`, `NUMBA_NUM_THREADS=1`).",
         "",
         "## Results",
         "",
@@ -578,7 +579,7 @@ def report_b(epochs: int) -> None:
         "* backbone width 16 (channels 16-32-64-128): ~3x the images/s of width 32 on this CPU, which "
         "buys 8 epochs instead of 1 in the time available.",
         *hparams_lines(metrics),
-        f"* {MACHINE.replace('3–4', '2–3')}",
+        f"* {machine_line('2–3')}",
         "* DMSH settings for B were chosen on the validation split before B started (`tune-b`: 3 epochs "
         "on an 8,000-image training subset, 32 bits, same lr for all): the spec's conv scale heads against "
         "MLP scale heads, with and without per-scale losses λ_s; DPSH measured the same way. The 12-bit "
