@@ -24,3 +24,35 @@ def shared_data() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("HASHLEARN_DATA is not set to the shared data folder")
     return Path(value)
+
+
+@pytest.fixture
+def make_readonly():
+    """``make_readonly(folder)`` makes ``folder`` read-only for this test (a read-only bind mount when
+    running as root, whom file modes do not stop; ``chmod a-w`` otherwise), undone afterwards.
+    Skips the test where neither is possible."""
+    import stat
+    import subprocess
+
+    undo = []
+
+    def _make(folder) -> Path:
+        folder = Path(folder)
+        if os.geteuid() != 0:
+            mode = folder.stat().st_mode
+            folder.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+            undo.append(lambda: folder.chmod(mode))
+            return folder
+        for cmd in (["mount", "--bind", str(folder), str(folder)],
+                    ["mount", "-o", "remount,ro,bind", str(folder)]):
+            done = subprocess.run(cmd, capture_output=True)
+            if done.returncode != 0:
+                if cmd[1] != "--bind":
+                    subprocess.run(["umount", str(folder)], capture_output=True)
+                pytest.skip(f"cannot make {folder} read-only here: {done.stderr.decode().strip()}")
+        undo.append(lambda: subprocess.run(["umount", str(folder)], check=True))
+        return folder
+
+    yield _make
+    for step in reversed(undo):
+        step()

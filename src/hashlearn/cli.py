@@ -5,8 +5,9 @@ Each step of the package contributes its commands from a ``commands.py`` module 
 every command imports what it needs (numpy, numba, torch) when it runs, so ``hashlearn
 --help`` and light commands start fast.
 
-User errors (:class:`hashlearn.errors.HashlearnError`) print one line and exit 2; other
-exceptions are bugs and keep their traceback.
+User errors (:class:`hashlearn.errors.HashlearnError`, and an ``OSError`` that names the path
+the file system refused) print one line and exit 2; other exceptions are bugs and keep their
+traceback.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A file system refusal (read-only place, no permission, disk full) names its path: that is
+        # the user's environment, not a bug, so it is one line too. OSErrors without a path stay bugs.
+        if exc.filename is None:
+            raise
+        print(f"hashlearn {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 
