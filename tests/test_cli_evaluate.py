@@ -22,7 +22,7 @@ def files(tmp_path):
     q = centres[ql] ^ (rng.random((20, 16)) < 0.1)
     d = centres[dl] ^ (rng.random((120, 16)) < 0.1)
     paths = {}
-    for name, arr in {"q": q.astype(np.uint8), "d": d.astype(np.uint8), "ql": ql, "dl": dl}.items():
+    for name, arr in {"q": q.astype(np.int8), "d": d.astype(np.int8), "ql": ql, "dl": dl}.items():
         paths[name] = tmp_path / f"{name}.npy"
         np.save(paths[name], arr)
     paths["arrays"] = {"q": q, "d": d, "ql": ql, "dl": dl}
@@ -121,17 +121,17 @@ def test_pickled_object_array_is_refused(files, capsys, tmp_path):
 
 def test_wrong_shape(files, capsys, tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros(20, dtype=np.uint8))
-    one_line_error(capsys, argv(files, q=tmp_path / "flat.npy"), "query codes", "2-D")
+    one_line_error(capsys, argv(files, q=tmp_path / "flat.npy"), "--query-codes", "flat.npy", "2-D")
 
 
 def test_bit_length_mismatch(files, capsys, tmp_path):
-    np.save(tmp_path / "d8.npy", files["arrays"]["d"][:, :8].astype(np.uint8))
-    one_line_error(capsys, argv(files, d=tmp_path / "d8.npy"), "bit-length mismatch", "16", "8")
+    np.save(tmp_path / "d8.npy", files["arrays"]["d"][:, :8].astype(np.int8))
+    one_line_error(capsys, argv(files, d=tmp_path / "d8.npy"), "bit-length mismatch", "16-bit", "8-bit", "d8.npy")
 
 
 def test_label_count_mismatch(files, capsys, tmp_path):
     np.save(tmp_path / "dl_short.npy", files["arrays"]["dl"][:-1])
-    one_line_error(capsys, argv(files, dl=tmp_path / "dl_short.npy"), "database labels", "119", "120")
+    one_line_error(capsys, argv(files, dl=tmp_path / "dl_short.npy"), "--db-labels", "dl_short.npy", "119", "120")
 
 
 def test_label_kind_mismatch(files, capsys, tmp_path):
@@ -141,12 +141,12 @@ def test_label_kind_mismatch(files, capsys, tmp_path):
 
 def test_non_binary_codes(files, capsys, tmp_path):
     np.save(tmp_path / "q3.npy", files["arrays"]["q"] * 3)
-    one_line_error(capsys, argv(files, q=tmp_path / "q3.npy"), "query codes", "binary")
+    one_line_error(capsys, argv(files, q=tmp_path / "q3.npy"), "--query-codes", "q3.npy", "binary")
 
 
 def test_packed_codes_with_wrong_bits(files, capsys, tmp_path):
     np.save(tmp_path / "qpk.npy", np.packbits(files["arrays"]["q"].astype(np.uint8), axis=1))
-    one_line_error(capsys, argv(files, "--bits", "32", q=tmp_path / "qpk.npy"), "query codes")
+    one_line_error(capsys, argv(files, "--bits", "32", q=tmp_path / "qpk.npy"), "--query-codes", "qpk.npy")
 
 
 def test_bad_topk_and_usage_errors(files, capsys):
@@ -180,3 +180,85 @@ def test_eval_commands_module_imports_only_the_standard_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_plot_extension_is_checked_before_the_computation(files, capsys, monkeypatch):
+    import hashlearn.eval.metrics
+
+    def no_computation(*args, **kwargs):
+        raise AssertionError("evaluate ran before the bad --plot was refused")
+
+    monkeypatch.setattr(hashlearn.eval.metrics, "evaluate", no_computation)
+    err = one_line_error(capsys, argv(files, "--plot", str(files["tmp"] / "out.xyz")), "out.xyz", "png", "pdf", "svg")
+    assert "'.xyz'" in err
+
+
+def test_plot_without_extension_is_a_png(files, capsys):
+    assert main(argv(files, "--plot", str(files["tmp"] / "curves"))) == 0
+    assert f"plot: {files['tmp'] / 'curves.png'}" in capsys.readouterr().out
+    assert (files["tmp"] / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_and_report_into_a_read_only_folder(files, capsys, monkeypatch, make_readonly):
+    import hashlearn.eval.metrics
+
+    ro = files["tmp"] / "ro"
+    ro.mkdir()
+    make_readonly(ro)
+    monkeypatch.setattr(hashlearn.eval.metrics, "evaluate", lambda *a, **k: pytest.fail("evaluate ran"))
+    one_line_error(capsys, argv(files, "--plot", str(ro / "pr.png")), "--plot", "pr.png")
+    one_line_error(capsys, argv(files, "--report", str(ro / "sub" / "report")), "--report", "report")
+    assert list(ro.iterdir()) == []
+
+
+def test_npz_bit_lengths_that_differ_name_both_files(files, capsys, tmp_path):
+    rng = np.random.default_rng(3)
+    save_codes(tmp_path / "q32.npz", rng.integers(0, 2, (20, 32)).astype(np.int8), 32)
+    save_codes(tmp_path / "d40.npz", rng.integers(0, 2, (120, 40)).astype(np.int8), 40)
+    err = one_line_error(capsys, argv(files, q=tmp_path / "q32.npz", d=tmp_path / "d40.npz"),
+                         "q32.npz", "32-bit", "d40.npz", "40-bit")
+    assert "--bits" not in err.replace("--query-codes", "").replace("--db-codes", "")
+    one_line_error(capsys, argv(files, "--bits", "16", q=tmp_path / "q32.npz"), "q32.npz", "32-bit", "16")
+
+
+def test_packed_uint8_codes_are_packed_even_when_every_byte_is_0_or_1(files, capsys, tmp_path):
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "q.npy", rng.integers(0, 2, (20, 8)).astype(np.uint8))  # 64-bit packed codes
+    np.save(tmp_path / "d.npy", rng.integers(0, 2, (120, 8)).astype(np.uint8))
+    assert main(argv(files, "--json", q=tmp_path / "q.npy", d=tmp_path / "d.npy")) == 0
+    assert json.loads(capsys.readouterr().out)["bits"] == 64
+    # the same files as 0/1 codes: only when --bits says so (= the number of columns)
+    assert main(argv(files, "--json", "--bits", "8", q=tmp_path / "q.npy", d=tmp_path / "d.npy")) == 0
+    assert json.loads(capsys.readouterr().out)["bits"] == 8
+
+
+@pytest.mark.parametrize("bad, needles", [
+    ("topk", ("--topk", "abc")),
+    ("radius", ("--radius", "-1")),
+    ("empty", ("--query-codes", "empty.npy", "no codes")),
+    ("nan", ("--query-codes", "nan.npy", "NaN")),
+    ("strlabels", ("--query-labels", "str.npy", "numeric")),
+    ("folder", ("--db-codes", "afolder", "is a folder")),
+    ("folderlabels", ("--db-labels", "afolder", "is a folder")),
+    ("garbage", ("--query-codes", "garbage.npy")),
+    ("nanlabels", ("--query-labels", "nanl.npy", "whole numbers")),
+])
+def test_more_bad_input_is_one_line(files, capsys, tmp_path, bad, needles):
+    (tmp_path / "afolder").mkdir()
+    np.save(tmp_path / "empty.npy", np.zeros((0, 16), np.int8))
+    np.save(tmp_path / "nan.npy", np.where(files["arrays"]["q"] > 0, 1.0, np.nan))
+    np.save(tmp_path / "str.npy", np.array(["cat"] * 20))
+    (tmp_path / "garbage.npy").write_bytes(b"\xff\xfe\x00 not numpy")
+    np.save(tmp_path / "nanl.npy", np.full(20, np.nan))
+    args = {
+        "topk": argv(files, "--topk", "abc"),
+        "radius": argv(files, "--radius", "-1"),
+        "empty": argv(files, q=tmp_path / "empty.npy"),
+        "nan": argv(files, q=tmp_path / "nan.npy"),
+        "strlabels": argv(files, ql=tmp_path / "str.npy"),
+        "folder": argv(files, d=tmp_path / "afolder"),
+        "folderlabels": argv(files, dl=tmp_path / "afolder"),
+        "garbage": argv(files, q=tmp_path / "garbage.npy"),
+        "nanlabels": argv(files, ql=tmp_path / "nanl.npy"),
+    }[bad]
+    one_line_error(capsys, args, *needles)

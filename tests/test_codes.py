@@ -110,3 +110,50 @@ def test_load_codes_errors_name_the_file(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(InputError, match="other.npz"):
         load_codes(tmp_path / "other.npz")
+
+
+def test_the_format_comes_from_dtype_shape_and_bits_never_from_values():
+    rng = np.random.default_rng(5)
+    zero_one_bytes = rng.integers(0, 2, (4, 8)).astype(np.uint8)  # could be 64-bit packed or 8-bit 0/1
+    with pytest.raises(InputError, match="ambiguous: pass bits=64 .* or bits=8"):
+        as_packed(zero_one_bytes)
+    packed, n = as_packed(zero_one_bytes, bits=64)
+    assert n == 64 and np.array_equal(packed, zero_one_bytes)
+    packed, n = as_packed(zero_one_bytes, bits=8)
+    assert n == 8 and np.array_equal(packed, pack_bits(zero_one_bytes.astype(bool)))
+    # int8 / bool / int / float arrays are unpacked values, with or without bits (unchanged API)
+    pm = (zero_one_bytes.astype(np.int8) * 2 - 1)
+    for arr in (pm, zero_one_bytes.astype(bool), pm.astype(np.int64), pm.astype(np.float32)):
+        assert as_packed(arr)[1] == 8 and as_packed(arr, bits=8)[1] == 8
+    with pytest.raises(InputError, match="packed codes must be uint8, got int8"):
+        as_packed(pm, bits=64)
+    with pytest.raises(InputError, match="int8 codes are unpacked .* width 8 is not 12 bits"):
+        as_packed(pm, bits=12)
+    with pytest.raises(InputError, match="no bits"):
+        as_packed(np.zeros((3, 0), np.int8))
+
+
+def test_load_codes_reads_npy_by_the_same_rule(tmp_path):
+    from hashlearn.codes.binary import codes_from_array
+
+    rng = np.random.default_rng(6)
+    zero_one_bytes = rng.integers(0, 2, (5, 8)).astype(np.uint8)
+    np.save(tmp_path / "packed.npy", zero_one_bytes)
+    loaded = load_codes(tmp_path / "packed.npy")
+    assert loaded.bits == 64 and np.array_equal(loaded.packed, zero_one_bytes)
+    assert loaded.ids.tolist() == [0, 1, 2, 3, 4]
+    assert load_codes(tmp_path / "packed.npy", bits=8).bits == 8  # bits = columns: 0/1 values
+    with pytest.raises(InputError, match="padding bits past bit 60"):  # packed, 60 bits in 8 bytes: checked
+        load_codes(tmp_path / "packed.npy", bits=60)
+    np.save(tmp_path / "pm.npy", zero_one_bytes.astype(np.int8) * 2 - 1)
+    assert load_codes(tmp_path / "pm.npy").bits == 8
+    assert codes_from_array(zero_one_bytes)[1] == 64
+    save_codes(tmp_path / "c40.npz", rng.integers(0, 2, (3, 40)), 40)
+    with pytest.raises(InputError, match="c40.npz holds 40-bit codes, not 32"):
+        load_codes(tmp_path / "c40.npz", bits=32)
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(InputError, match="folder"):
+        load_codes(tmp_path / "dir.npz")
+    (tmp_path / "trunc.npz").write_bytes((tmp_path / "c40.npz").read_bytes()[:50])
+    with pytest.raises(InputError, match="trunc.npz"):
+        load_codes(tmp_path / "trunc.npz")

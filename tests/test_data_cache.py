@@ -80,7 +80,7 @@ def test_changed_bytes_are_detected_by_verify(pets: Path, tmp_path: Path):
     prepare("folder", source=pets, cache_dir=tmp_path, as_name="pets")
     labels = tmp_path / "pets" / "labels.npy"
     raw = bytearray(labels.read_bytes())
-    raw[-1] ^= 1  # same size: only the checksum can tell
+    raw[-8] ^= 1  # lowest byte of the last int64 label: 0 <-> 1, same size, in range: only the checksum can tell
     labels.write_bytes(bytes(raw))
     assert len(open_prepared("pets", cache_dir=tmp_path)) == 5
     with pytest.raises(InputError, match="labels.npy does not match its sha256"):

@@ -73,3 +73,98 @@ def test_split_command_writes_a_loadable_split(flowers: Path, tmp_path: Path, ca
     args = ["data", "split", "flowers", "--protocol", "official-split", "--cache", cache, "--out", str(out)]
     assert main(args) == 0
     assert Split.load(out).sizes == {"query": 1, "train": 2, "val": 0, "database": 2}
+
+
+def one_line(capsys, args, *needles) -> str:
+    """Run ``hashlearn args``: exit 2 with one stderr line holding every needle, no traceback."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_a_flat_folder_without_class_folders_is_one_line(tmp_path: Path, capsys):
+    for name in ("a.png", "b.png"):
+        (tmp_path / "flat").mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "flat" / name)
+    one_line(capsys, ["data", "prepare", "folder", "--source", str(tmp_path / "flat"), "--cache", str(tmp_path / "c")],
+             "flat", "a.png", "not inside a class folder")
+
+
+@pytest.mark.parametrize("as_name", ["../../x", "/tmp/x", ".hidden", "a/b", ""])
+def test_as_must_be_a_plain_name(flowers: Path, tmp_path: Path, capsys, as_name: str):
+    cache = tmp_path / "c"
+    one_line(capsys, ["data", "prepare", "folder", "--source", str(flowers), "--as", as_name, "--cache", str(cache)],
+             "--as", repr(as_name), "plain name")
+    assert not cache.exists()
+
+
+def test_bad_cifar_pickles_are_one_line(tmp_path: Path, capsys):
+    import pickle
+
+    import numpy as np
+
+    for folder, batch in {"c99": {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 99]},
+                          "nolabels": {b"data": np.zeros((2, 3072), np.uint8)}}.items():  # fmt: skip
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    args = ["data", "prepare", "cifar10", "--cache", str(tmp_path / "c"), "--source"]
+    one_line(capsys, [*args, str(tmp_path / "c99")], "c99/data_batch_1", "label 99", "0..9")
+    one_line(capsys, [*args, str(tmp_path / "nolabels")], "nolabels/data_batch_1", "'labels'")
+    one_line(capsys, [*args, str(tmp_path / "c99"), "--mode", "L"], "cifar10", "mode")
+
+
+def test_read_only_cache_and_split_out_are_one_line(flowers: Path, tmp_path: Path, capsys, make_readonly):
+    cache = tmp_path / "cache"
+    assert main(["data", "prepare", "folder", "--source", str(flowers), "--as", "flowers", "--cache", str(cache)]) == 0
+    capsys.readouterr()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    make_readonly(ro)
+    one_line(capsys, ["data", "prepare", "folder", "--source", str(flowers), "--cache", str(ro)],
+             f"cache folder {ro} cannot be written")
+    split = ["data", "split", "flowers", "--protocol", "official-split", "--cache", str(cache), "--out"]
+    one_line(capsys, [*split, str(ro / "split.json")], "split.json")
+    one_line(capsys, [*split, str(tmp_path / "split.txt")], "split.txt", ".json or .npz")
+    assert list(ro.iterdir()) == []
+
+
+def test_bad_files_in_data_commands_are_one_line(flowers: Path, tmp_path: Path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["data", "prepare", "folder", "--source", str(flowers), "--as", "flowers", "--cache", str(cache)]) == 0
+    capsys.readouterr()
+    manifest = cache / "flowers" / "manifest.json"
+    manifest.write_bytes(b"\xff\xfe not utf-8")
+    one_line(capsys, ["data", "info", "flowers", "--cache", str(cache)], "manifest.json", "prepare it again")
+    manifest.write_text("[1, 2]")
+    one_line(capsys, ["data", "split", "flowers", "--protocol", "per-class", "--cache", str(cache), "--out",
+                      str(tmp_path / "s.json")], "manifest.json")
+    csv_set = tmp_path / "csvset"
+    csv_set.mkdir()
+    Image.new("RGB", (4, 4)).save(csv_set / "a.png")
+    (csv_set / "labels.csv").write_bytes(b"a.png,caf\xe9\n")  # latin-1, not UTF-8
+    one_line(capsys, ["data", "prepare", "csv", "--source", str(csv_set), "--cache", str(cache)], "labels.csv", "UTF-8")
+    (tmp_path / "bad.tar.gz").write_bytes(b"not an archive")
+    one_line(capsys, ["data", "prepare", "folder", "--source", str(tmp_path / "bad.tar.gz"), "--cache", str(cache)],
+             "bad.tar.gz")
+    one_line(capsys, ["data", "prepare", "folder", "--source", str(flowers), "--size", "0", "--cache", str(cache)],
+             "--size")
+
+
+def test_a_bomb_is_skipped_and_counted_with_skip_bad(flowers: Path, tmp_path: Path, capsys):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # the header is all it takes
+    bomb = flowers / "train/rose/bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0")) +
+                     chunk(b"IEND", b""))
+    args = ["data", "prepare", "folder", "--source", str(flowers), "--cache", str(tmp_path / "c")]
+    one_line(capsys, args, str(bomb), "30000x30000")
+    assert main([*args, "--skip-bad"]) == 0
+    assert f"skipped 1 unreadable image(s): {bomb}" in capsys.readouterr().out

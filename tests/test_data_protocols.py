@@ -137,3 +137,21 @@ def test_protocols_are_registered_by_name():
         get_protocol("cifar10-3")
     with pytest.raises(InputError, match="protocol 'cifar10-1'"):
         get_protocol("cifar10-1", queries=5)
+
+
+def test_split_files_that_are_malformed_or_unwritable_are_input_errors(tmp_path: Path):
+    split = Split(query=[0], train=[1], val=[], database=[1, 2], protocol="p")
+    with pytest.raises(InputError, match="must end in .json or .npz"):
+        split.save(tmp_path / "s.txt")
+    with pytest.raises(InputError, match="is a folder"):
+        (tmp_path / "d.json").mkdir()
+        split.save(tmp_path / "d.json")
+    path = split.save(tmp_path / "new" / "s.json")  # missing folders are made; no temporary file is left
+    assert Split.load(path).sizes == split.sizes and sorted(p.name for p in path.parent.iterdir()) == ["s.json"]
+    for text in ('["a list"]', '{"format": "hashlearn-split", "query": [0]}'):
+        path.write_text(text)
+        with pytest.raises(InputError, match="s.json"):
+            Split.load(path)
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(InputError, match="s.json is unreadable"):
+        Split.load(path)

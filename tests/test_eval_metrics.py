@@ -32,10 +32,10 @@ def codes_at_distances(distances, bits=None):
     """One all-zero query and database codes at the given Hamming distances from it."""
     distances = list(distances)
     bits = bits or max(max(distances), 1)
-    db = np.zeros((len(distances), bits), dtype=np.uint8)
+    db = np.zeros((len(distances), bits), dtype=np.int8)
     for i, d in enumerate(distances):
         db[i, :d] = 1
-    return np.zeros((1, bits), dtype=np.uint8), db
+    return np.zeros((1, bits), dtype=np.int8), db
 
 
 def ranked_metrics(ranked_r, cutoffs, n_grid):
@@ -165,7 +165,7 @@ def test_radius_metrics_hand_case_and_empty_retrieval_has_precision_zero():
     assert out["recall"] == pytest.approx(2 / 3)
     assert out["f1"] == pytest.approx(2 / 3)
     # a query far from everything retrieves nothing within radius 2: precision 0, recall 0
-    far = np.ones((1, 8), dtype=np.uint8)
+    far = np.ones((1, 8), dtype=np.int8)
     out = radius_metrics(far, db, [1], labels, radius=2)
     assert out == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
     # the two queries together: the mean over queries

@@ -1,4 +1,14 @@
-"""Implementation of :mod:`hashlearn.codes` (see the package docstring for conventions)."""
+"""Implementation of :mod:`hashlearn.codes` (see the package docstring for conventions).
+
+The format of a code array (packed or not, how many bits) is decided from its dtype, its shape
+and an explicit ``bits``, never from its values (packed bytes can happen to be all 0/1):
+
+* ``uint8`` is packed ``(n, ceil(bits/8))`` unless ``bits`` equals its number of columns, in
+  which case it holds 0/1 values. :func:`as_packed` needs ``bits`` for ``uint8``; a file
+  (:func:`load_codes`, :func:`codes_from_array`) without ``bits`` is packed, ``8 × columns`` bits.
+* ``bool``, ``int8`` and every other integer or float dtype are unpacked ``(n, bits)`` 0/1 or ±1.
+* A hashlearn ``.npz`` code file carries ``packed``, ``bits`` and ``ids``.
+"""
 
 from __future__ import annotations
 
@@ -90,30 +100,65 @@ def unpack_bits(packed, bits: int, name: str = "codes") -> np.ndarray:
 def as_packed(codes, bits: int | None = None, name: str = "codes") -> tuple[np.ndarray, int]:
     """Return ``(packed uint8, bits)`` for codes given packed or unpacked.
 
-    With ``bits`` given, a ``uint8`` array whose width is ``ceil(bits/8)`` (and not ``bits``)
-    is taken as already packed. Otherwise the array is taken as unpacked ``(n, bits)``
-    ``{0,1}``/``±1`` values and is validated and packed.
+    The format is decided from the dtype, the shape and ``bits``, never from the values:
+
+    * ``uint8`` is the packed dtype. With ``bits`` given, a width of ``ceil(bits/8)`` bytes is
+      packed codes (the padding bits past ``bits`` must be zero) and a width of exactly ``bits``
+      is unpacked 0/1 values (for ``bits = 1`` the two coincide: unpacked). Without ``bits`` a
+      ``uint8`` array is ambiguous (packed bytes that happen to be 0/1 look like 0/1 codes) and
+      raises :class:`InputError` asking for ``bits``.
+    * ``bool``, ``int8`` and every other integer or float dtype hold unpacked ``(n, bits)``
+      0/1 or ±1 values (validated); ``bits``, when given, must equal the width.
     """
     arr = np.asarray(codes)
     if arr.ndim != 2:
         raise InputError(f"{name}: expected a 2-D array, got shape {arr.shape}")
     if bits is not None:
-        bits = int(bits)
+        try:
+            bits = int(bits)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: bits must be a positive integer, got {bits!r}") from None
         if bits <= 0:
             raise InputError(f"{name}: bits must be positive, got {bits}")
-        nbytes = packed_nbytes(bits)
-        if arr.shape[1] == nbytes and arr.shape[1] != bits:
-            if arr.dtype != np.uint8:
-                raise InputError(f"{name}: packed codes must be uint8, got {arr.dtype}")
-            if bits % 8 and arr.size and (arr[:, -1] & ((1 << (8 - bits % 8)) - 1)).any():
-                raise InputError(f"{name}: padding bits past bit {bits} are not zero; wrong --bits?")
-            return np.ascontiguousarray(arr), bits
-        if arr.shape[1] != bits:
+    width = arr.shape[1]
+    if arr.dtype == np.uint8:
+        if bits is None:
             raise InputError(
-                f"{name}: width {arr.shape[1]} matches neither {bits} unpacked bits nor {nbytes} packed bytes"
+                f"{name}: uint8 codes of width {width} are ambiguous: pass bits={8 * width} if they are packed "
+                f"(numpy.packbits) or bits={width} if they hold 0/1 values (or give bool/int8 codes)"
             )
-    packed = pack_bits(arr, name)
-    return packed, arr.shape[1]
+        nbytes = packed_nbytes(bits)
+        if width == bits:
+            return pack_bits(arr, name), bits
+        if width != nbytes:
+            raise InputError(
+                f"{name}: width {width} matches neither {bits} unpacked bits nor {nbytes} packed bytes"
+            )
+        if bits % 8 and arr.size and (arr[:, -1] & ((1 << (8 - bits % 8)) - 1)).any():
+            raise InputError(f"{name}: padding bits past bit {bits} are not zero; wrong --bits?")
+        return np.ascontiguousarray(arr), bits
+    if bits is not None and width != bits:
+        if width == packed_nbytes(bits) and np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"{name}: packed codes must be uint8, got {arr.dtype}")
+        raise InputError(f"{name}: {arr.dtype} codes are unpacked (n, bits), but width {width} is not {bits} bits")
+    if width == 0:
+        raise InputError(f"{name}: codes have no bits (shape {arr.shape})")
+    return pack_bits(arr, name), width
+
+
+def codes_from_array(codes, bits: int | None = None, name: str = "codes") -> tuple[np.ndarray, int]:
+    """The rule for a bare code array read from a file (``.npy``): ``(packed uint8, bits)``.
+
+    Like :func:`as_packed`, except that a ``uint8`` array without ``bits`` is taken as packed
+    ``(n, bytes)`` codes of ``8 × bytes`` bits: that is what ``numpy.packbits`` and hashlearn
+    write. A ``uint8`` file of 0/1 values needs ``bits`` equal to its number of columns.
+    """
+    arr = np.asarray(codes)
+    if arr.ndim == 2 and arr.dtype == np.uint8 and bits is None:
+        if arr.shape[1] == 0:
+            raise InputError(f"{name}: codes have no bits (shape {arr.shape})")
+        bits = 8 * arr.shape[1]
+    return as_packed(arr, bits, name)
 
 
 def hamming_distances(query_packed: np.ndarray, database_packed: np.ndarray) -> np.ndarray:
@@ -166,15 +211,57 @@ def save_codes(path, packed, bits: int, ids=None) -> Path:
     return path
 
 
-def load_codes(path) -> CodeSet:
-    """Load codes written by :func:`save_codes`."""
+def load_codes(path, bits: int | None = None, name: str | None = None) -> CodeSet:
+    """Load a code file; the format comes from the file, never from the code values.
+
+    * A hashlearn ``.npz`` (written by :func:`save_codes`) carries ``packed``, ``bits`` and
+      ``ids``; ``bits``, when given, must agree with the file.
+    * A ``.npy`` array follows :func:`codes_from_array`: ``uint8`` is packed (``8 × columns``
+      bits, or ``bits`` when given) unless ``bits`` equals its number of columns, in which case
+      it holds 0/1 values; ``bool``/``int8``/other integer/float arrays hold 0/1 or ±1 values.
+      Ids are ``0 .. n-1``.
+
+    ``name`` (default: the path) starts every error message.
+    """
+    import zipfile
+
     path = Path(path)
+    where = name or str(path)
+    if path.is_dir():
+        raise InputError(f"{where}: is a folder, not a codes file")
     if not path.exists():
-        raise NotFoundError(f"codes file not found: {path}")
+        raise NotFoundError(f"codes file not found: {path}" if name is None else f"{where}: file not found")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            packed, bits, ids = f["packed"], int(f["bits"]), f["ids"]
-    except (KeyError, ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a hashlearn codes file ({exc})") from None
-    packed, bits = as_packed(packed, bits, name=str(path))
-    return CodeSet(packed=packed, bits=bits, ids=ids)
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "pickle" in reason:
+            reason = "not a .npy or .npz file, or it holds Python objects, which are never loaded"
+        raise InputError(f"{where}: not a codes file (.npy array or hashlearn .npz): {reason}") from None
+    if isinstance(loaded, np.ndarray):
+        packed, n_bits = codes_from_array(loaded, bits, where)
+        return CodeSet(packed=packed, bits=n_bits, ids=np.arange(len(packed), dtype=np.int64))
+    try:
+        with loaded as f:
+            missing = [k for k in ("packed", "bits") if k not in f.files]
+            if missing:
+                raise InputError(
+                    f"{where}: not a hashlearn codes file (no {' or '.join(missing)} in it; has {', '.join(f.files)})"
+                )
+            packed, file_bits = f["packed"], f["bits"]
+            ids = f["ids"] if "ids" in f.files else None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{where}: not a hashlearn codes file ({' '.join(str(exc).split())})") from None
+    if file_bits.ndim != 0 or not np.issubdtype(file_bits.dtype, np.integer) or int(file_bits) <= 0:
+        raise InputError(f"{where}: 'bits' must be one positive integer, got {file_bits!r}")
+    file_bits = int(file_bits)
+    if bits is not None and int(bits) != file_bits:
+        raise InputError(f"{where} holds {file_bits}-bit codes, not {int(bits)} bits as given")
+    packed, file_bits = as_packed(packed, file_bits, name=where)
+    if ids is None:
+        ids = np.arange(len(packed), dtype=np.int64)
+    if ids.ndim != 1 or len(ids) != len(packed):
+        raise InputError(f"{where}: {len(ids)} ids for {len(packed)} codes")
+    return CodeSet(packed=packed, bits=file_bits, ids=ids)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -34,15 +35,30 @@ import numpy as np
 from hashlearn import __version__
 from hashlearn._digest import file_digest
 from hashlearn.data.dataset import ImageDataset
+from hashlearn.data.images import check_size
 from hashlearn.data.loaders import DATASETS, default_source, load_dataset
-from hashlearn.data.sources import cache_root
+from hashlearn.data.sources import cache_root, describe_shape, format_bytes, one_line
 from hashlearn.errors import InputError, NotFoundError
 
 CACHE_FORMAT = "hashlearn-prepared-dataset"
 CACHE_VERSION = 1
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_name(name: str, what: str = "dataset name") -> str:
+    """``name`` if it is a plain name (letters, digits, ``. _ + -``; no folders), else :class:`InputError`."""
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or len(name) > 200:
+        raise InputError(
+            f"{what} {name!r} must be a plain name (letters, digits, '.', '_', '+', '-', starting with a letter "
+            "or digit; no folders), e.g. 'flowers'"
+        )
+    return name
+
+
 def cache_key(name: str, size: int | None = None) -> str:
+    check_name(name)
     return name.lower() if size is None else f"{name.lower()}-{size}px"
 
 
@@ -81,17 +97,29 @@ def prepare(
     with ``skip_bad=True`` are left out and listed in ``manifest["skipped"]``.
     """
     DATASETS.get(name)  # unknown name → NotFoundError before any work
+    if as_name is not None:
+        check_name(as_name, "--as name")
+    check_size(size)  # absurd sizes are refused before any work
     root = Path(cache_dir or cache_root()).expanduser()
     key = cache_key(as_name or name, size)
     final = root / key
-    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if prepare fails
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        _remove_empty(created)
+        raise InputError(
+            f"cache folder {root} cannot be written ({exc.strerror or exc}); choose another with --cache DIR "
+            "or $HASHLEARN_CACHE"
+        ) from None
     started = time.perf_counter()
     try:
         allocated: list[np.ndarray] = []
 
         def alloc(shape: tuple[int, ...]) -> np.ndarray:
+            _check_disk(tmp, int(np.prod(shape, dtype=np.float64)), f"{key} {describe_shape(shape)}")
             array = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
             allocated.append(array)
             return array
@@ -145,8 +173,18 @@ def prepare(
         _swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
     return open_prepared(as_name or name, cache_dir=root, size=size)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders ``prepare`` created (deepest first) when they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _jsonable(value: Any) -> bool:
@@ -157,12 +195,26 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
+def _check_disk(folder: Path, need: int, what: str) -> None:
+    """Refuse to write ``need`` bytes into ``folder`` when its file system has less free space."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if need > free:
+        raise InputError(
+            f"cache folder {folder.parent}: {what} needs {format_bytes(need)} but only {format_bytes(free)} is "
+            "free there; use a smaller --size or another --cache DIR"
+        )
+
+
 def _write_images(images: np.ndarray, allocated: list[np.ndarray], path: Path) -> None:
     """Make ``path`` hold exactly ``images`` (the builder may have returned a shorter view)."""
     target = allocated[0] if allocated else None
     if target is not None and images is target:
         target.flush()
         return
+    _check_disk(path.parent, images.nbytes, f"images {describe_shape(images.shape)}")
     data = np.ascontiguousarray(images)
     part = path.with_name("images.part.npy")
     np.save(part, data)
@@ -195,9 +247,11 @@ def read_manifest(name: str, cache_dir: str | Path | None = None, size: int | No
         )
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        reason = f"unreadable manifest.json ({exc})"
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        reason = f"unreadable manifest.json ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         raise InputError(f"prepared dataset {folder} has an {reason}; prepare it again") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"prepared dataset {folder} has a manifest.json that is not an object; prepare it again")
     return manifest
 
 
@@ -222,10 +276,21 @@ def open_prepared(
     src = manifest.get("source")
     if stamp and src and Path(src).is_file() and _source_stamp(src) != stamp:
         raise stale(f"source {src} changed since it was prepared")
+    try:
+        return _open_checked(folder, manifest, verify, stale)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise stale(f"manifest.json is malformed ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def _open_checked(folder: Path, manifest: dict[str, Any], verify: bool, stale) -> ImageDataset:
     arrays: dict[str, np.ndarray] = {}
     for key, spec in manifest["arrays"].items():
+        if Path(spec["file"]).name != spec["file"] or spec["file"] in ("", ".", ".."):
+            raise stale(f"manifest.json names a file outside the cache folder: {spec['file']!r}")
         path = folder / spec["file"]
-        if not path.exists():
+        if not path.is_file():
             raise stale(f"{spec['file']} is missing")
         if path.stat().st_size != spec["bytes"]:
             raise stale(f"{spec['file']} has {path.stat().st_size} bytes, manifest says {spec['bytes']}")
@@ -233,8 +298,10 @@ def open_prepared(
             raise stale(f"{spec['file']} does not match its sha256")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise stale(f"{spec['file']} is unreadable ({exc})") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise stale(f"{spec['file']} is unreadable ({one_line(exc)})") from None
+        if not isinstance(arr, np.ndarray):
+            raise stale(f"{spec['file']} is not a .npy array")
         if list(arr.shape) != spec["shape"] or arr.dtype.str != spec["dtype"]:
             raise stale(
                 f"{spec['file']} is {arr.dtype.str} {list(arr.shape)}, manifest says {spec['dtype']} {spec['shape']}"
@@ -244,20 +311,23 @@ def open_prepared(
         if required not in arrays:
             raise stale(f"{required}.npy is not in the manifest")
     split = arrays.get("official_split")
-    return ImageDataset(
-        images=arrays["images"],
-        labels=np.array(arrays["labels"]),
-        ids=np.array(arrays["ids"]),
-        class_names=manifest["class_names"],
-        official_split=None if split is None else np.array(split),
-        name=manifest["name"],
-        info={
-            "source": manifest.get("source"),
-            "skipped": manifest.get("skipped", []),
-            "cache": str(folder),
-            "size": manifest.get("size"),
-        },
-    )
+    try:
+        return ImageDataset(
+            images=arrays["images"],
+            labels=np.array(arrays["labels"]),
+            ids=np.array(arrays["ids"]),
+            class_names=list(manifest["class_names"]),
+            official_split=None if split is None else np.array(split),
+            name=str(manifest["name"]),
+            info={
+                "source": manifest.get("source"),
+                "skipped": manifest.get("skipped", []),
+                "cache": str(folder),
+                "size": manifest.get("size"),
+            },
+        )
+    except InputError as exc:
+        raise stale(str(exc)) from None
 
 
 def prepared_names(cache_dir: str | Path | None = None) -> list[str]:

@@ -137,9 +137,12 @@ def _info(args: argparse.Namespace) -> int:
 
 def _split(args: argparse.Namespace) -> int:
     from hashlearn.data import get_protocol, open_prepared
+    from hashlearn.data.protocols import check_split_path
 
+    check_split_path(args.out)  # a bad --out fails before any work
+    protocol = get_protocol(args.protocol)
     ds = open_prepared(args.name, cache_dir=args.cache, size=args.size)
-    split = get_protocol(args.protocol).split(ds, seed=args.seed)
+    split = protocol.split(ds, seed=args.seed)
     path = split.save(args.out)
     sizes = ", ".join(f"{k} {v:,}" for k, v in split.sizes.items())
     print(f"{split.protocol} on {ds.name} (seed {split.seed}): {sizes}; sha256 {split.checksum[:12]} -> {path}")

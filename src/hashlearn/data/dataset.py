@@ -48,6 +48,12 @@ class ImageDataset:
         if self.labels.ndim == 1:
             if self.labels.dtype != np.int64:
                 self.labels = self.labels.astype(np.int64)
+            if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+                bad = self.labels[(self.labels < 0) | (self.labels >= len(self.class_names))][0]
+                raise InputError(
+                    f"{self.name}: class index {bad} is out of range for {len(self.class_names)} classes "
+                    f"(0..{len(self.class_names) - 1})"
+                )
         elif self.labels.ndim == 2:
             if self.labels.dtype != np.uint8:
                 self.labels = (np.asarray(self.labels) > 0).astype(np.uint8)

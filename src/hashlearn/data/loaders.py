@@ -21,6 +21,7 @@ import io
 import pickle
 import shutil
 import urllib.request
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 from hashlearn._digest import file_digest
 from hashlearn.data.dataset import ImageDataset
 from hashlearn.data.images import IMAGE_EXTENSIONS as _IMAGE_EXT
-from hashlearn.data.images import is_image_name
+from hashlearn.data.images import check_size, is_image_name
 from hashlearn.data.sources import (
     Alloc,
     FileTree,
@@ -40,6 +41,7 @@ from hashlearn.data.sources import (
     decode_files,
     first_existing,
     is_archive,
+    one_line,
     resize_array,
 )
 from hashlearn.errors import InputError, NotFoundError
@@ -69,14 +71,29 @@ def load_dataset(
     :func:`hashlearn.data.open_prepared` afterwards to avoid decoding again.
     """
     builder = DATASETS.get(name)
-    if size is not None and size < 1:
-        raise InputError(f"size must be a positive number of pixels, not {size}")
+    check_size(size)  # positive, and size x size within the image pixel limit
+    _check_options(name, builder, options)
     src = Path(source).expanduser() if source is not None else None
     if src is not None and not src.exists():
         raise NotFoundError(f"source {src} for dataset {name!r} does not exist")
     ds = builder(src, size=size, skip_bad=skip_bad, progress=progress, alloc=alloc, **options)
     ds.info.setdefault("size", size)
     return ds
+
+
+def _check_options(name: str, builder: Callable, options: dict[str, Any]) -> None:
+    """Refuse options the builder does not take (e.g. ``mode`` for a dataset with a fixed mode)."""
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    fixed = {"source", "size", "skip_bad", "progress", "alloc"}
+    takes = [p for p in params if p not in fixed]
+    unknown = [k for k in options if k not in takes]
+    if unknown:
+        accepted = f"its options are {', '.join(takes)}" if takes else "it takes no options"
+        raise InputError(f"dataset {name!r} does not take the option {', '.join(unknown)} ({accepted})")
 
 
 def default_source(name: str) -> Path | None:
@@ -128,11 +145,19 @@ def _folder_layout(paths: list[str], where: Path) -> tuple[int, bool]:
             return depth, False
         if lengths == {3} and all(p[0].lower() in SPLIT_NAMES for p in parts):
             return depth, True
+        expected = f"{where}: expected root/<class>/<image> or root/<train|test>/<class>/<image>"
+        pairs = list(zip(paths, parts, strict=True))
+        flat = [p for p, q in pairs if len(q) < 2]
+        if flat:
+            raise InputError(f"{expected}, found {flat[0]}, which is not inside a class folder")
+        deep = [p for p, q in pairs if len(q) > 3]
+        if deep:
+            raise InputError(f"{expected}, found {deep[0]}, which is nested too deeply")
         if lengths == {3}:
-            bad = next(p for p, q in zip(paths, parts, strict=True) if q[0].lower() not in SPLIT_NAMES)
-        else:
-            bad = next(p for p, q in zip(paths, parts, strict=True) if len(q) != len(parts[0]) or len(q) > 3)
-        raise InputError(f"{where}: expected root/<class>/<image> or root/<train|test>/<class>/<image>, found {bad}")
+            bad = next(p for p, q in pairs if q[0].lower() not in SPLIT_NAMES)
+            raise InputError(f"{expected}, found {bad}, whose top folder is not a split name (train, val, test)")
+        bad = next(p for p, q in pairs if len(q) == 3)  # a mix of <class>/<image> and <x>/<class>/<image>
+        raise InputError(f"{expected}, not a mix of both, found {bad} beside class folders")
 
 
 def load_class_folder(
@@ -240,7 +265,7 @@ def _unpickle(data: bytes, where: str) -> dict:
     try:
         obj = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # any failure here means a damaged or foreign file
-        raise InputError(f"cannot read CIFAR batch {where}: {exc}") from None
+        raise InputError(f"cannot read CIFAR batch {where}: {one_line(exc)}") from None
     if not isinstance(obj, dict):
         raise InputError(f"cannot read CIFAR batch {where}: not a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -266,7 +291,7 @@ def tarfile_open(path: Path):
     try:
         return tarfile.open(path)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read archive {path}: {exc}") from None
+        raise InputError(f"cannot read archive {path}: {one_line(exc)}") from None
 
 
 def load_cifar10_pickles(source: Path, *, size, progress, alloc) -> ImageDataset:
@@ -279,16 +304,42 @@ def load_cifar10_pickles(source: Path, *, size, progress, alloc) -> ImageDataset
         raise InputError(f"{source}: no CIFAR-10 batches (data_batch_1..5, test_batch) found")
     class_names = CIFAR10_CLASSES
     if "batches.meta" in by_name:
-        meta = _unpickle(tree.read(by_name["batches.meta"]), tree.where(by_name["batches.meta"]))
-        class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+        where = tree.where(by_name["batches.meta"])
+        meta = _unpickle(tree.read(by_name["batches.meta"]), where)
+        names = meta.get("label_names")
+        if names is None or isinstance(names, (str, bytes)) or not hasattr(names, "__len__") or len(names) == 0:
+            raise InputError(f"{where}: expected a 'label_names' list of class names")
+        class_names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
     parts, labels, ids, splits = [], [], [], []
     for b in batches:
-        d = _unpickle(tree.read(by_name[b]), tree.where(by_name[b]))
-        data = np.asarray(d["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072:
-            raise InputError(f"{tree.where(by_name[b])}: data must be (n, 3072), got {data.shape}")
+        where = tree.where(by_name[b])
+        d = _unpickle(tree.read(by_name[b]), where)
+        missing = [k for k in ("data", "labels") if k not in d]
+        if missing:
+            raise InputError(f"{where}: not a CIFAR-10 batch (no {' or '.join(repr(k) for k in missing)} key)")
+        try:
+            data = np.asarray(d["data"])
+            batch_labels = np.asarray(d["labels"])
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{where}: unreadable data or labels ({one_line(exc)})") from None
+        if data.dtype.kind not in "iu" or data.ndim != 2 or data.shape[1] != 3072:
+            raise InputError(f"{where}: data must be uint8 (n, 3072), got {data.dtype} {data.shape}")
+        if data.dtype != np.uint8:
+            if data.size and (data.min() < 0 or data.max() > 255):
+                raise InputError(f"{where}: pixel values must be 0..255, found {data.min()}..{data.max()}")
+            data = data.astype(np.uint8)
+        if batch_labels.ndim != 1 or len(batch_labels) != len(data) or batch_labels.dtype.kind not in "iu":
+            raise InputError(
+                f"{where}: expected {len(data)} integer labels, got {batch_labels.dtype} {batch_labels.shape}"
+            )
+        out_of_range = (batch_labels < 0) | (batch_labels >= len(class_names))
+        if out_of_range.any():
+            i = int(np.flatnonzero(out_of_range)[0])
+            raise InputError(
+                f"{where}: label {batch_labels[i]} of image {i} is not a class index 0..{len(class_names) - 1}"
+            )
         parts.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(d["labels"], dtype=np.int64))
+        labels.append(batch_labels.astype(np.int64))
         ids += [f"{b}:{i}" for i in range(len(data))]
         splits += ["test" if b == "test_batch" else "train"] * len(data)
     return ImageDataset(
@@ -316,7 +367,7 @@ def download_cifar10(dest_dir: Path, url: str | None = None, md5: str | None = N
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise NotFoundError(
-            f"no CIFAR-10 source given or found locally, and downloading {url} failed ({exc}); "
+            f"no CIFAR-10 source given or found locally, and downloading {url} failed ({one_line(exc)}); "
             "pass --source PATH (cifar-10-python.tar.gz or a class-folder copy) or set HASHLEARN_DATA"
         ) from None
     if file_digest(partial, "md5") != md5:
@@ -364,7 +415,10 @@ def load_csv_labelled(source: Path, *, name: str, size, skip_bad, progress, allo
         leaf = rel.rsplit("/", 1)[-1]
         by_name.setdefault(leaf, rel)
         by_name.setdefault(leaf.rsplit(".", 1)[0], rel)
-    rows = list(csv.reader(io.StringIO(tree.read(csvs[0]).decode("utf-8-sig"))))
+    try:
+        rows = list(csv.reader(io.StringIO(tree.read(csvs[0]).decode("utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {tree.where(csvs[0])}: not a UTF-8 CSV file ({one_line(exc)})") from None
     if rows and len(rows[0]) >= 2 and rows[0][1].strip().lower() == "label":
         rows = rows[1:]
     rels, names = [], []
@@ -451,8 +505,8 @@ def read_idx(path: Path) -> np.ndarray:
     """An idx file (``.gz`` or raw) as a ``uint8`` array, e.g. ``(n, 28, 28)`` or ``(n,)``."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read idx file {path}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read idx file {path}: {one_line(exc)}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise InputError(f"{path} is not a uint8 idx file (bad magic number)")
     ndim = raw[3]
@@ -590,14 +644,16 @@ def load_image_lists(
     for lp in list_paths:
         if not lp.exists():
             raise NotFoundError(f"list file {lp} does not exist")
-        for line_no, line in enumerate(lp.read_text().splitlines(), start=1):
+        for line_no, line in enumerate(_read_text(lp, "list file").splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue
             try:
                 vec = np.array([int(v) for v in fields[1:]], dtype=np.uint8)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise InputError(f"{lp} line {line_no}: labels must be 0/1 integers, got {line!r}") from None
+            if len(vec) == 0:
+                raise InputError(f"{lp} line {line_no}: expected an image path followed by 0/1 labels, got {line!r}")
             if n_labels is None:
                 n_labels = len(vec)
             if len(vec) != n_labels or len(vec) == 0 or vec.max(initial=0) > 1:
@@ -608,10 +664,11 @@ def load_image_lists(
                     raise InputError(f"{lp} line {line_no}: {path} has labels that differ from an earlier list")
                 continue
             entries[path] = (vec, lp.stem)
-    assert n_labels is not None
+    if n_labels is None:
+        raise InputError(f"{source}: the list files {', '.join(p.name for p in list_paths)} name no images")
     classes_file = source / "classes.txt"
     class_names = (
-        [c.strip() for c in classes_file.read_text().splitlines() if c.strip()]
+        [c.strip() for c in _read_text(classes_file, "class names file").splitlines() if c.strip()]
         if classes_file.exists()
         else [f"label{i}" for i in range(n_labels)]
     )
@@ -636,6 +693,16 @@ def load_image_lists(
         name=name,
         info={"source": str(source), "lists": [str(p) for p in list_paths], "skipped": skipped},
     )
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file, or :class:`InputError` naming it (a folder, unreadable, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def _strip_depth(root: Path, path: str) -> int:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hashlearn.data.dataset import ImageDataset
+from hashlearn.data.sources import one_line
 from hashlearn.errors import InputError, NotFoundError
 from hashlearn.registry import Registry
 
@@ -44,6 +47,21 @@ def _checksum(parts: dict[str, np.ndarray]) -> str:
         h.update(key.encode())
         h.update(np.ascontiguousarray(parts[key], dtype="<i8").tobytes())
     return h.hexdigest()
+
+
+def check_split_path(path: str | Path) -> Path:
+    """``Path(path)`` if it ends in ``.json`` or ``.npz`` and can be written, else :class:`InputError`."""
+    path = Path(path)
+    if path.suffix not in (".json", ".npz"):
+        raise InputError(f"split file {path} must end in .json or .npz")
+    if path.is_dir():
+        raise InputError(f"split file {path} is a folder")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write split file {path}: {folder} is read-only or not a writable folder")
+    return path
 
 
 @dataclass(eq=False)
@@ -96,15 +114,22 @@ class Split:
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write to ``.json`` (readable lists) or ``.npz`` (compact); the checksum goes along."""
-        path = Path(path)
+        path = check_split_path(path)
         meta = {"format": SPLIT_FORMAT, "version": 1, **self.describe()}
-        if path.suffix == ".json":
-            payload = {**meta, **{key: getattr(self, key).tolist() for key in SPLIT_PARTS}}
-            path.write_text(json.dumps(payload) + "\n")
-        elif path.suffix == ".npz":
-            np.savez_compressed(path, meta=np.array(json.dumps(meta)), **{k: getattr(self, k) for k in SPLIT_PARTS})
-        else:
-            raise InputError(f"split file {path} must end in .json or .npz")
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # written whole, then renamed: never half a file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix == ".json":
+                payload = {**meta, **{key: getattr(self, key).tolist() for key in SPLIT_PARTS}}
+                tmp.write_text(json.dumps(payload) + "\n")
+            else:
+                parts = {k: getattr(self, k) for k in SPLIT_PARTS}
+                np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **parts)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if tmp.parent.is_dir():
+                tmp.unlink(missing_ok=True)
+            raise InputError(f"cannot write split file {path}: {exc.strerror or exc}") from None
         return path
 
     @classmethod
@@ -121,18 +146,21 @@ class Split:
             else:
                 meta = json.loads(path.read_text())
                 parts = {key: np.asarray(meta[key], dtype=np.int64) for key in SPLIT_PARTS}
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"split file {path} is unreadable: {exc}") from None
-        if meta.get("format") != SPLIT_FORMAT:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"split file {path} is unreadable: {one_line(exc)}") from None
+        if not isinstance(meta, dict) or meta.get("format") != SPLIT_FORMAT:
             raise InputError(f"{path} is not a hashlearn split file")
-        split = cls(
-            **parts,
-            protocol=meta["protocol"],
-            params=meta.get("params", {}),
-            seed=meta["seed"],
-            n_images=meta.get("n_images", 0),
-            dataset=meta.get("dataset"),
-        )
+        try:
+            split = cls(
+                **parts,
+                protocol=meta["protocol"],
+                params=meta.get("params", {}),
+                seed=meta["seed"],
+                n_images=meta.get("n_images", 0),
+                dataset=meta.get("dataset"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"split file {path} is malformed ({type(exc).__name__}: {one_line(exc)})") from None
         if split.checksum != meta.get("checksum"):
             raise InputError(f"split file {path} does not match its checksum (edited or damaged)")
         return split
@@ -395,4 +423,4 @@ def get_protocol(name: str, **params: Any) -> Protocol:
     try:
         return factory(**params)
     except TypeError as exc:
-        raise InputError(f"protocol {name!r}: {exc}") from None
+        raise InputError(f"protocol {name!r}: {one_line(exc)}") from None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashlearn.data.images import decode_image, is_image_name, resize_and_crop
+from hashlearn.data.images import decode_image, is_image_name, max_image_pixels, resize_and_crop
 from hashlearn.errors import InputError, NotFoundError
 
 #: ``alloc(shape) -> array``: where a loader puts decoded images (``np.empty`` in memory, a
@@ -22,8 +22,53 @@ from hashlearn.errors import InputError, NotFoundError
 Alloc = Callable[[tuple[int, ...]], np.ndarray]
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (some, such as tarfile's, span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def alloc_in_memory(shape: tuple[int, ...]) -> np.ndarray:
+    """``np.empty(shape, uint8)``, after checking that it fits in the memory available now."""
+    need = int(np.prod(shape, dtype=np.float64))
+    available = available_memory()
+    if available is not None and need > available:
+        raise InputError(
+            f"decoded images {describe_shape(shape)} need {format_bytes(need)} but only {format_bytes(available)} "
+            "of memory is available; use a smaller size (--size) or prepare the dataset into a cache on disk"
+        )
     return np.empty(shape, dtype=np.uint8)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), ``None`` when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` → ``'1.5 KiB'``: sizes in messages."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.0f} bytes" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"  # not reached
+
+
+def describe_shape(shape: tuple[int, ...]) -> str:
+    """``(N, H, W, C)`` → ``'(60,000 images of 32x32x3 bytes)'``."""
+    if len(shape) == 4:
+        n, h, w, c = shape
+        return f"({n:,} images of {h}x{w}x{c} bytes)"
+    return str(tuple(shape))
 
 
 def data_root() -> Path | None:
@@ -78,7 +123,7 @@ class FileTree:
                         if member.isfile() and not _hidden(name) and keep(name):
                             self._blobs[name] = tar.extractfile(member).read()  # type: ignore[union-attr]
             except (tarfile.TarError, OSError, EOFError) as exc:
-                raise InputError(f"cannot read archive {self.source}: {exc}") from None
+                raise InputError(f"cannot read archive {self.source}: {one_line(exc)}") from None
             self.paths = sorted(self._blobs)
         else:
             raise InputError(f"source {self.source} is neither a folder nor a .tar/.tar.gz archive")
@@ -111,15 +156,20 @@ def decode_files(
     progress: bool,
     alloc: Alloc,
     desc: str = "decoding",
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode ``relpaths`` into one ``(N, H, W, C)`` array.
 
     Returns ``(images, kept, skipped)``: ``kept`` indexes ``relpaths`` for the decoded rows,
     ``skipped`` names the unreadable files (only with ``skip_bad``; otherwise the first
     unreadable file raises :class:`InputError` naming it). With ``size=None`` all images must
-    have one shape; the first that differs raises, suggesting ``size``.
+    have one shape; the first that differs raises, suggesting ``size``. ``max_pixels`` is the
+    per-image pixel limit (default: ``$HASHLEARN_MAX_IMAGE_PIXELS`` or 100 megapixels); a larger
+    image is unreadable (skipped with ``skip_bad``).
     """
     from tqdm.auto import tqdm
+
+    max_pixels = max_image_pixels(max_pixels)
 
     images: np.ndarray | None = None
     first = ""
@@ -127,7 +177,7 @@ def decode_files(
     skipped: list[str] = []
     for i, rel in enumerate(tqdm(relpaths, desc=desc, unit="img", disable=not progress, leave=False)):
         try:
-            array = decode_image(tree.read(rel), name=tree.where(rel), size=size, mode=mode)
+            array = decode_image(tree.read(rel), name=tree.where(rel), size=size, mode=mode, max_pixels=max_pixels)
         except InputError:
             if not skip_bad:
                 raise

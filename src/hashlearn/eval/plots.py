@@ -22,11 +22,64 @@ def _as_dict(results) -> dict:
     return {"codes": results} if isinstance(results, EvalResult) else dict(results)
 
 
-def _save(fig, path) -> Path:
+def plot_formats() -> list[str]:
+    """File extensions a plot can be written as (matplotlib's Agg formats; ``pgf`` needs LaTeX)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
+
+
+def check_plot_path(path, what: str = "plot") -> Path:
+    """The file a plot will be written to: ``path``, or ``path.png`` when it has no extension.
+
+    Raises :class:`InputError` for an extension matplotlib cannot write (listing the supported
+    ones), for a folder, and for a place that cannot be written (read-only, no permission), so
+    callers can check before a long computation.
+    """
+    from hashlearn.errors import InputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    ext = path.suffix[1:].lower()
+    formats = plot_formats()
+    if ext not in formats:
+        raise InputError(f"{what} {path}: unknown image format '.{ext}'; supported: {', '.join(formats)}")
+    check_writable(path, what)
+    return path
+
+
+def check_writable(path, what: str) -> None:
+    """Raise :class:`InputError` unless file ``path`` can be created or overwritten (its missing
+    parent folders would be created)."""
+    import os
+
+    from hashlearn.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path}: is a folder, not a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{what} {path}: {folder} is not a folder")
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK) or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: cannot write there ({folder} is read-only or not writable)")
+
+
+def _save(fig, path) -> Path:
+    from hashlearn.errors import InputError
+
+    try:
+        path = check_plot_path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as exc:
+        raise InputError(f"plot {path}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        _pyplot().close(fig)
     return path
 
 

@@ -148,16 +148,26 @@ def compare_markdown(results: dict, title: str | None = None) -> str:
 
 def write_report(results, path) -> tuple[Path, Path]:
     """Write ``path.md`` and ``path.json`` for one ``EvalResult`` or ``{method: EvalResult}``."""
-    path = Path(path)
-    base = path.with_suffix("") if path.suffix in (".md", ".json") else path
-    base.parent.mkdir(parents=True, exist_ok=True)
+    from hashlearn.errors import InputError
+
+    md_path, json_path = report_paths(path)
     if isinstance(results, EvalResult):
         md = results.to_markdown()
         data = results.to_dict()
     else:
         md = compare_markdown(results)
         data = {name: res.to_dict() for name, res in results.items()}
-    md_path, json_path = base.with_suffix(".md"), base.with_suffix(".json")
-    md_path.write_text(md)
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    try:
+        md_path.parent.mkdir(parents=True, exist_ok=True)
+        md_path.write_text(md)
+        json_path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise InputError(f"report {path}: cannot write it ({exc.strerror or exc})") from None
     return md_path, json_path
+
+
+def report_paths(path) -> tuple[Path, Path]:
+    """``(OUT.md, OUT.json)`` for a report named ``OUT`` (or ``OUT.md`` / ``OUT.json``)."""
+    path = Path(path)
+    base = path.with_suffix("") if path.suffix in (".md", ".json") else path
+    return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
