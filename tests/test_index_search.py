@@ -178,7 +178,7 @@ def test_auto_uses_mih_when_neighbours_are_near_and_flat_for_long_codes():
 @pytest.mark.parametrize(
     "codes, message",
     [
-        (np.zeros((2, 10)), "matches neither"),
+        (np.zeros((2, 10)), "width 10 is not 16 bits"),
         (np.full((2, 16), 0.5), "binary"),
         (np.full((2, 16), np.nan), "NaN"),
         (np.array([["a"] * 16]), "dtype"),

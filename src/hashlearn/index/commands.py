@@ -1,8 +1,16 @@
-"""``hashlearn index build|add|remove|info|export`` and ``hashlearn search``."""
+"""``hashlearn index build|add|remove|info|verify|repair|compact|export`` and ``hashlearn search``."""
 
 from __future__ import annotations
 
 import argparse
+
+CODES_FORMAT_HELP = (
+    "A codes file is a hashlearn .npz (as train and encode write; it holds its bits) or a .npy array. "
+    "The format of a .npy is decided by its dtype and shape (and --bits), never by its values: with --bits B, "
+    "ceil(B/8) uint8 columns are packed codes and B columns are one 0/1 or -1/+1 value per bit; without "
+    "--bits, a uint8 array is packed codes (bits = 8 x columns) and any other dtype (bool, int8, ..., float) "
+    "holds one value per bit (bits = columns). Give --bits for uint8 0/1 arrays (as hashlearn.codes.to_01 makes)."
+)
 
 
 def register(sub) -> None:
@@ -10,26 +18,72 @@ def register(sub) -> None:
     isub = index.add_subparsers(dest="index_command", metavar="ACTION", parser_class=type(index))
     index.set_defaults(func=lambda args: _help(index))
 
-    p = isub.add_parser("build", help="create a collection from a codes file")
+    p = isub.add_parser(
+        "build",
+        help="create a collection from a codes file",
+        description="Create a collection. --out must not exist or be an empty folder; the collection is built in a"
+        " temporary sibling folder and renamed into place, so a failed or killed build leaves --out as it was. "
+        + CODES_FORMAT_HELP,
+    )
     _codes_args(p)
-    p.add_argument("--out", required=True, metavar="COLLECTION", help="collection directory to create")
-    p.add_argument("--bits", type=int, help="code length (default: from the codes)")
+    p.add_argument("--out", required=True, metavar="COLLECTION", help="collection folder to create (new or empty)")
+    p.add_argument("--bits", type=int, help="code length (default: from the codes file, see above)")
     p.set_defaults(func=cmd_build)
 
-    p = isub.add_parser("add", help="append codes to a collection (atomic)")
+    p = isub.add_parser("add", help="append codes to a collection (atomic)", description=CODES_FORMAT_HELP)
     p.add_argument("collection", metavar="COLLECTION")
     _codes_args(p)
+    _lock_arg(p)
     p.set_defaults(func=cmd_add)
 
     p = isub.add_parser("remove", help="remove codes by id (atomic)")
     p.add_argument("collection", metavar="COLLECTION")
-    p.add_argument("--ids", required=True, help="ids: a .npy file or a comma-separated list")
+    p.add_argument("--ids", required=True, help="ids: a .npy file or a comma-separated list (0 to 2**63-1)")
+    _lock_arg(p)
     p.set_defaults(func=cmd_remove)
 
-    p = isub.add_parser("info", help="describe a collection")
+    p = isub.add_parser(
+        "info",
+        help="describe a collection and check it (exit 2 when damaged)",
+        description="Counts and sizes; checks every segment's length and every batch's checksum (as fast as a"
+        " search reads the codes). Exit status 2 when anything is damaged.",
+    )
     p.add_argument("collection", metavar="COLLECTION")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quick", action="store_true", help="check the segments' lengths only, not the checksums")
     p.set_defaults(func=cmd_info)
+
+    p = isub.add_parser(
+        "verify",
+        help="check every checksum of a collection (exit 0 when sound, 2 when damaged)",
+        description="Check SQLite's integrity, every segment's length and every batch's sha256, and that every"
+        " item points at a committed row. Prints what is damaged; exit status 2 when anything is.",
+    )
+    p.add_argument("collection", metavar="COLLECTION")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = isub.add_parser(
+        "repair",
+        help="drop the damaged parts of a collection (reports how many codes that drops)",
+        description="Drop every checksummed batch (up to 65,536 codes written by one add or compact) whose bytes"
+        " are missing, truncated or changed, and the items that point at nothing; rewrite the rest as compact"
+        " does. A sound collection is left as it is. A damaged SQLite database cannot be repaired.",
+    )
+    p.add_argument("collection", metavar="COLLECTION")
+    _lock_arg(p)
+    p.set_defaults(func=cmd_repair)
+
+    p = isub.add_parser(
+        "compact",
+        help="rewrite the live codes, reclaiming removed rows (atomic, crash-safe)",
+        description="Rewrite the live codes into new segments and switch to them in one transaction; removed"
+        " codes and the leftovers of killed writers are deleted. A kill leaves the collection as it was or as"
+        " compacted, with the same codes and metadata.",
+    )
+    p.add_argument("collection", metavar="COLLECTION")
+    _lock_arg(p)
+    p.set_defaults(func=cmd_compact)
 
     p = isub.add_parser("export", help="write a collection as a FAISS binary index")
     p.add_argument("collection", metavar="COLLECTION")
@@ -37,15 +91,25 @@ def register(sub) -> None:
     p.add_argument("--kind", choices=["flat", "hnsw", "ivf"], default="flat")
     p.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("search", help="nearest codes in a collection or codes file")
+    s = sub.add_parser(
+        "search",
+        help="nearest codes in a collection or codes file",
+        description="Exact Hamming search. Query codes: a hashlearn .npz codes file, or a .npy array whose width"
+        " decides its layout against the database's bits (ceil(bits/8) uint8 columns: packed; bits columns:"
+        " one 0/1 or -1/+1 value per bit).",
+    )
     db = s.add_mutually_exclusive_group(required=True)
     db.add_argument("--collection", metavar="DIR")
-    db.add_argument("--codes", metavar="FILE.npz", help="a hashlearn codes file (hashlearn.codes.save_codes)")
+    db.add_argument(
+        "--codes", metavar="FILE.npz", help="a hashlearn codes file (.npz, as train and encode write; not a .npy)"
+    )
     q = s.add_mutually_exclusive_group(required=True)
-    q.add_argument("--query-codes", metavar="Q.npy", help="query codes, packed or 0/1 or ±1")
+    q.add_argument("--query-codes", metavar="Q", help="query codes: a .npz codes file, or a .npy (packed, 0/1 or ±1)")
     q.add_argument("--image", metavar="IMAGE", help="a query image, encoded by the model of --run")
     s.add_argument("--run", metavar="RUN", help="training run directory (with --image)")
-    s.add_argument("-k", type=int, default=10)
+    s.add_argument(
+        "-k", type=int, default=10, help="neighbours per query (default 10; more than the database holds: all of it)"
+    )
     s.add_argument("--radius", type=int, help="range search: every code within this distance")
     s.add_argument("--method", choices=["auto", "flat", "mih"], default="auto")
     s.add_argument("--json", action="store_true")
@@ -58,40 +122,107 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def _codes_args(p) -> None:
-    p.add_argument("--codes", required=True, metavar="C.npy", help="codes (.npy: packed uint8 or 0/1/±1; or .npz)")
-    p.add_argument("--ids", metavar="I.npy", help="ids (.npy), default: next free ids")
-    p.add_argument("--paths", metavar="P.txt", help="one image path per line")
-    p.add_argument("--labels", metavar="L.txt", help="one label per line")
+    p.add_argument(
+        "--codes", required=True, metavar="C", help="codes: a hashlearn .npz, or a .npy (packed uint8, or 0/1/±1)"
+    )
+    p.add_argument("--ids", metavar="I.npy", help="ids (.npy, integers 0 to 2**63-1), default: next free ids")
+    p.add_argument("--paths", metavar="P.txt", help="one image path per line (UTF-8)")
+    p.add_argument("--labels", metavar="L.txt", help="one label per line (UTF-8)")
 
 
-def _load_array(path: str, what: str):
-    import numpy as np
+def _lock_arg(p) -> None:
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for another writer of the collection (default 5)",
+    )
+
+
+def _check_file(path: str, what: str) -> None:
+    from pathlib import Path
 
     from hashlearn.errors import InputError, NotFoundError
 
+    p = Path(path)
+    if not p.exists():
+        raise NotFoundError(f"{what} file not found: {path}")
+    if p.is_dir():
+        raise InputError(f"{what} file {path}: is a folder, not a file")
+
+
+def _file_kind(path: str, what: str) -> str:
+    """``"npz"`` (a zip archive), ``"npy"`` or ``"other"``, from the file's first bytes."""
+    _check_file(path, what)
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"PK"):
+        return "npz"
+    if head == b"\x93NUMPY":
+        return "npy"
+    return "other"
+
+
+def _load_array(path: str, what: str):
+    """A ``.npy`` array (never pickled objects); one-line errors for anything else."""
+    import numpy as np
+
+    from hashlearn.errors import InputError
+
+    if _file_kind(path, what) == "npz":
+        raise InputError(f"{what} file {path}: a .npz archive, expected a .npy array")
     try:
         arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise NotFoundError(f"{what} file not found: {path}") from None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"{what} file {path} is not a .npy array ({exc})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{what} file {path} is not a .npy array")
     return arr
 
 
-def _lines(path):
+def _load_codes_file(path: str, what: str):
+    """A hashlearn codes file (``hashlearn.codes.load_codes``), with one-line errors for a file that is
+    not one (a damaged zip, missing or malformed members, ids that do not match the codes)."""
+    import zipfile
+
+    import numpy as np
+
+    from hashlearn.codes import load_codes
+    from hashlearn.errors import HashlearnError, InputError
+
+    _check_file(path, what)
+    try:
+        cs = load_codes(path)
+    except HashlearnError:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, IndexError, AttributeError, EOFError, OSError) as exc:
+        raise InputError(f"{what} file {path}: not a hashlearn codes file ({type(exc).__name__}: {exc})") from None
+    ids = np.asarray(cs.ids)
+    if ids.ndim != 1 or len(ids) != len(cs.packed):
+        raise InputError(f"{what} file {path}: {ids.shape[0] if ids.ndim else 0} ids for {len(cs.packed)} codes")
+    return cs
+
+
+def _lines(path, what: str):
+    """Lines of a UTF-8 text file (``None`` when no file is given)."""
     if path is None:
         return None
-    from pathlib import Path
+    from hashlearn.errors import InputError
 
-    from hashlearn.errors import NotFoundError
+    _check_file(path, what)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{what} file {path}: not UTF-8 text (line {line}, byte {exc.start})") from None
+    return text.splitlines()
 
-    if not Path(path).exists():
-        raise NotFoundError(f"file not found: {path}")
-    return Path(path).read_text().splitlines()
 
-
-def _read_codes(args, bits=None):
-    """``(codes array, bits or None, ids or None, paths or None)`` from ``--codes`` (.npy or
+def _read_codes(args):
+    """``(codes array, bits of a .npz or None, ids or None, paths or None)`` from ``--codes`` (.npy or
     .npz), ``--ids`` and ``--paths``.
 
     A hashlearn codes file whose ids are strings (``hashlearn encode --images`` writes
@@ -99,31 +230,49 @@ def _read_codes(args, bits=None):
     """
     import numpy as np
 
-    ids = None
-    paths = _lines(args.paths)
-    if args.codes.endswith(".npz"):
-        from hashlearn.codes import load_codes
+    from hashlearn.errors import InputError
 
-        cs = load_codes(args.codes)
+    ids = None
+    paths = _lines(args.paths, "paths")
+    kind = _file_kind(args.codes, "codes")
+    if kind == "npz":
+        cs = _load_codes_file(args.codes, "codes")
         codes, bits, ids = cs.packed, cs.bits, cs.ids
         if not np.issubdtype(ids.dtype, np.integer):
             paths = paths if paths is not None else [str(i) for i in ids]
             ids = None
+    elif kind == "npy":
+        codes, bits = _load_array(args.codes, "codes"), None
     else:
-        codes = _load_array(args.codes, "codes")
+        raise InputError(f"codes file {args.codes}: neither a .npy array nor a hashlearn .npz codes file")
     if getattr(args, "ids", None):
         ids = _load_array(args.ids, "ids")
     return np.asarray(codes), bits, ids, paths
 
 
-def _infer_bits(codes, bits):
+def _infer_bits(codes, file_bits, bits, path="codes"):
+    """The code length: a .npz says it; otherwise ``--bits``; otherwise the dtype and width decide
+    (never the values): ``uint8`` is packed (8 bits a column), any other numeric dtype one value per
+    bit. The layout of a .npy against the bits is then :func:`hashlearn.codes.as_packed`'s rule."""
     from hashlearn.errors import InputError
+    from hashlearn.index.hamming import MAX_BITS
 
+    if file_bits is not None:
+        if bits and bits != file_bits:
+            raise InputError(f"--bits {bits}, but the codes file {path} holds {file_bits}-bit codes")
+        return file_bits
     if bits:
         return bits
     if codes.ndim != 2:
-        raise InputError(f"codes: expected a 2-D array, got shape {codes.shape}")
-    if codes.dtype.name == "uint8" and codes.size and codes.max() > 1:
+        raise InputError(f"codes file {path}: expected a 2-D array (codes, bits or bytes), got shape {codes.shape}")
+    if codes.dtype.kind not in "biuf":
+        raise InputError(f"codes file {path}: expected numeric binary codes, got dtype {codes.dtype}")
+    if codes.dtype.name == "uint8":
+        if codes.shape[1] * 8 > MAX_BITS:
+            raise InputError(
+                f"codes file {path}: a uint8 array of {codes.shape[1]} columns is read as packed {codes.shape[1] * 8}"
+                f"-bit codes (more than {MAX_BITS}); give --bits if it holds one 0/1 value per bit"
+            )
         return codes.shape[1] * 8  # packed bytes
     return codes.shape[1]
 
@@ -131,45 +280,54 @@ def _infer_bits(codes, bits):
 def cmd_build(args) -> int:
     from hashlearn.index.collection import Collection
 
-    codes, bits, ids, paths = _read_codes(args)
-    bits = _infer_bits(codes, args.bits or bits)
-    coll = Collection.create(args.out, bits)
-    try:
-        added = coll.add(codes, ids=ids, paths=paths, labels=_lines(args.labels))
-    except Exception:
-        coll.close()
-        import shutil
-
-        shutil.rmtree(args.out, ignore_errors=True)  # a failed build leaves nothing behind
-        raise
-    print(f"built {args.out}: {len(added)} codes of {bits} bits")
+    codes, file_bits, ids, paths = _read_codes(args)
+    bits = _infer_bits(codes, file_bits, args.bits, args.codes)
+    labels = _lines(args.labels, "labels")
+    with Collection.build(args.out, bits, codes, ids=ids, paths=paths, labels=labels) as coll:
+        n = len(coll)
+    print(f"built {args.out}: {n} codes of {bits} bits")
     return 0
 
 
 def cmd_add(args) -> int:
+    from hashlearn.errors import InputError
     from hashlearn.index.collection import Collection
 
-    codes, _, ids, paths = _read_codes(args)
-    with Collection.open(args.collection) as coll:
-        added = coll.add(codes, ids=ids, paths=paths, labels=_lines(args.labels))
+    codes, file_bits, ids, paths = _read_codes(args)
+    labels = _lines(args.labels, "labels")
+    with Collection.open(args.collection, readonly=False, lock_timeout=args.lock_timeout) as coll:
+        if file_bits is not None and file_bits != coll.bits:
+            raise InputError(
+                f"codes file {args.codes} holds {file_bits}-bit codes; the collection has {coll.bits}-bit codes"
+            )
+        added = coll.add(codes, ids=ids, paths=paths, labels=labels)
         print(f"added {len(added)} codes to {args.collection} (now {len(coll)})")
     return 0
 
 
-def cmd_remove(args) -> int:
-    import numpy as np
+def _parse_ids(text: str):
+    """``--ids``: comma-separated integers, or a .npy file."""
+    import re
 
     from hashlearn.errors import InputError
-    from hashlearn.index.collection import Collection
 
-    if args.ids.endswith(".npy"):
-        ids = _load_array(args.ids, "ids")
-    else:
+    if re.fullmatch(r"[\s\d,+-]*\d[\s\d,+-]*", text):
         try:
-            ids = np.array([int(x) for x in args.ids.split(",") if x.strip()], dtype=np.int64)
+            return [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise InputError(f"--ids: expected a .npy file or comma-separated integers, got {args.ids!r}") from None
-    with Collection.open(args.collection) as coll:
+            pass
+    elif text.endswith(".npy") or "," not in text:
+        return _load_array(text, "ids")
+    raise InputError(f"--ids: expected a .npy file or comma-separated integers, got {text[:80]!r}")
+
+
+def cmd_remove(args) -> int:
+    from hashlearn.index.collection import Collection
+    from hashlearn.index.hamming import check_ids
+
+    ids = _parse_ids(args.ids)
+    ids = check_ids(ids if isinstance(ids, list) else ids.ravel(), unique=False, name="--ids")
+    with Collection.open(args.collection, readonly=False, lock_timeout=args.lock_timeout) as coll:
         n = coll.remove(ids)
         print(f"removed {n} codes from {args.collection} (now {len(coll)})")
     return 0
@@ -178,15 +336,82 @@ def cmd_remove(args) -> int:
 def cmd_info(args) -> int:
     import json
 
-    from hashlearn.index.collection import Collection
+    from hashlearn.index.collection import Collection, DamagedCollectionError
 
-    with Collection.open(args.collection) as coll:
-        info = coll.info()
+    with Collection.open(args.collection, readonly=True, check=False) as coll:
+        info = coll.info(checksums=not args.quick)
     if args.json:
         print(json.dumps(info))
     else:
         for key, value in info.items():
+            if key == "damage":
+                for line in value:
+                    print(f"damaged: {line}")
+                continue
             print(f"{key}: {value}")
+    if info["damage"]:
+        more = f" (and {len(info['damage']) - 1} more)" if len(info["damage"]) > 1 else ""
+        raise DamagedCollectionError(
+            f"{args.collection}: damaged collection: {info['damage'][0]}{more}; `hashlearn index repair` drops it"
+        )
+    return 0
+
+
+def cmd_verify(args) -> int:
+    import json
+
+    from hashlearn.index.collection import Collection, DamagedCollectionError
+
+    with Collection.open(args.collection, readonly=True, check=False) as coll:
+        report = coll.verify()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        what = f"{report['codes']} codes, {report['segments']} segments, {report['batches']} checksummed batches"
+        if not report["checksums"]:
+            what += " (format 1: no checksums yet; lengths checked; the next add or compact adds them)"
+        for line in report["problems"]:
+            print(f"damaged: {line}")
+        if report["sound"]:
+            print(f"{args.collection}: sound ({what})")
+    if not report["sound"]:
+        problems = report["problems"]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        if problems[0].startswith("collection.sqlite: "):
+            advice = "its SQLite database is damaged: restore it from a copy or rebuild the collection"
+        else:
+            advice = f"{report['affected_codes']} codes affected; `hashlearn index repair` drops them"
+        raise DamagedCollectionError(f"{args.collection}: damaged: {problems[0]}{more}; {advice}")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from hashlearn.index.collection import Collection
+
+    with Collection.open(args.collection, readonly=False, check=False, lock_timeout=args.lock_timeout) as coll:
+        report = coll.repair()
+    if not report["rewritten"]:
+        print(f"{args.collection}: no damage found; nothing dropped ({report['live']} codes)")
+        return 0
+    for line in report["damage"]:
+        print(f"dropped: {line}")
+    print(
+        f"repaired {args.collection}: dropped {report['dropped']} codes, {report['live']} codes remain"
+        f" in {report['segments_after']} segments"
+    )
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from hashlearn.index.collection import Collection
+
+    with Collection.open(args.collection, readonly=False, lock_timeout=args.lock_timeout) as coll:
+        report = coll.compact()
+    print(
+        f"compacted {args.collection}: {report['live']} codes in {report['segments_after']} segments"
+        f" ({report['rows_before']} rows before); segment files {report['segment_bytes_before']} ->"
+        f" {report['segment_bytes_after']} bytes"
+    )
     return 0
 
 
@@ -194,7 +419,7 @@ def cmd_export(args) -> int:
     from hashlearn.index.adapters import write_faiss
     from hashlearn.index.collection import Collection
 
-    with Collection.open(args.collection) as coll:
+    with Collection.open(args.collection, readonly=True) as coll:
         index = coll.to_index()
     write_faiss(index, args.faiss, kind=args.kind)
     print(f"wrote {args.faiss}: FAISS IndexBinary {args.kind}, {len(index)} codes")
@@ -217,9 +442,25 @@ def _query_codes(args, bits):
         if qbits != bits:
             raise InputError(f"the model of {args.run} makes {qbits}-bit codes; the database has {bits}-bit codes")
         return packed
-    codes = _load_array(args.query_codes, "query codes")
+    path = args.query_codes
+    kind = _file_kind(path, "query codes")
+    if kind == "npz":
+        cs = _load_codes_file(path, "query codes")
+        if cs.bits != bits:
+            raise InputError(f"query codes file {path} holds {cs.bits}-bit codes; the database has {bits}-bit codes")
+        codes = cs.packed
+    elif kind == "npy":
+        codes = _load_array(path, "query codes")
+    else:
+        raise InputError(f"query codes file {path}: neither a .npy array nor a hashlearn .npz codes file")
     if codes.ndim == 1:
         codes = codes[None, :]
+    if codes.ndim != 2:
+        raise InputError(f"query codes file {path}: expected a 2-D array (queries, bits or bytes), got {codes.shape}")
+    if codes.shape[0] == 0 or codes.shape[1] == 0:
+        raise InputError(f"query codes file {path}: holds no codes (shape {codes.shape})")
+    if codes.dtype.kind not in "biuf":
+        raise InputError(f"query codes file {path}: expected numeric binary codes, got dtype {codes.dtype}")
     return codes
 
 
@@ -233,33 +474,43 @@ def cmd_search(args) -> int:
 
     if args.k < 1 and args.radius is None:
         raise InputError(f"-k must be at least 1, got {args.k}")
+    if args.radius is not None and args.radius < 0:
+        raise InputError(f"--radius must be at least 0, got {args.radius}")
     coll = None
     names = None
-    if args.collection:
-        from hashlearn.index.collection import Collection
+    try:
+        if args.collection:
+            from hashlearn.index.collection import Collection
 
-        coll = Collection.open(args.collection)
-        index = coll.to_index(method=args.method)
-    else:
-        from hashlearn.codes import load_codes
-
-        cs = load_codes(args.codes)
-        index = HammingIndex(cs.bits, method=args.method)
-        if np.issubdtype(cs.ids.dtype, np.integer):
-            index.add(cs.packed, cs.ids)
+            coll = Collection.open(args.collection, readonly=True)
+            index = coll.to_index(method=args.method)
         else:
-            # string ids (image paths, dataset ids): index by position, report the file's ids
-            index.add(cs.packed)
-            names = cs.ids
-    queries = _query_codes(args, index.bits)
-    results = []
-    if args.radius is not None:
-        lims, dist, ids = index.range_search(queries, args.radius)
-        runs = [(dist[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]]) for i in range(len(lims) - 1)]
-    else:
-        dist, ids = index.search(queries, args.k)
-        runs = [(dist[i][ids[i] >= 0], ids[i][ids[i] >= 0]) for i in range(len(dist))]
-    meta = coll.metadata(np.concatenate([r[1] for r in runs])) if coll else {}
+            if _file_kind(args.codes, "codes") != "npz":
+                raise InputError(
+                    f"--codes {args.codes}: not a hashlearn codes file (.npz, as train and encode write); for a .npy"
+                    " array, build a collection first: hashlearn index build --codes FILE --out DIR"
+                )
+            cs = _load_codes_file(args.codes, "codes")
+            index = HammingIndex(cs.bits, method=args.method)
+            if np.issubdtype(cs.ids.dtype, np.integer):
+                index.add(cs.packed, cs.ids)
+            else:
+                # string ids (image paths, dataset ids): index by position, report the file's ids
+                index.add(cs.packed)
+                names = cs.ids
+        queries = _query_codes(args, index.bits)
+        results = []
+        if args.radius is not None:
+            lims, dist, ids = index.range_search(queries, args.radius)
+            runs = [(dist[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]]) for i in range(len(lims) - 1)]
+        else:
+            k = min(args.k, len(index))  # -k past the database size returns all of it
+            dist, ids = index.search(queries, k)
+            runs = [(dist[i][ids[i] >= 0], ids[i][ids[i] >= 0]) for i in range(len(dist))]
+        meta = coll.metadata(np.concatenate([r[1] for r in runs])) if coll else {}
+    finally:
+        if coll is not None:
+            coll.close()
     for qi, (d, i) in enumerate(runs):
         hits = []
         for rank, (dd, ii) in enumerate(zip(d.tolist(), i.tolist(), strict=True)):
@@ -268,8 +519,6 @@ def cmd_search(args) -> int:
                 hit.update(path=meta[ii]["path"], label=meta[ii]["label"])
             hits.append(hit)
         results.append({"query": qi, "results": hits})
-    if coll:
-        coll.close()
     if args.json:
         print(json.dumps(results if len(results) != 1 else results[0]))
         return 0

@@ -181,6 +181,8 @@ class HammingIndex:
         n = len(words)
         if ids is None:
             start = int(self._ids[-1]) + 1 if len(self._ids) else 0
+            if start + n - 1 > MAX_ID:
+                raise InputError(f"ids: no {n} free ids after the largest id {start - 1} (ids end at 2**63-1)")
             ids = np.arange(start, start + n, dtype=np.int64)
         else:
             ids = check_ids(ids, n)
@@ -200,8 +202,9 @@ class HammingIndex:
         self._mih = None
 
     def remove(self, ids) -> int:
-        """Remove codes by id; returns how many were removed (unknown ids are ignored)."""
-        ids = np.asarray(ids, dtype=np.int64).ravel()
+        """Remove codes by id; returns how many were removed (unknown ids are ignored; ids outside
+        ``[0, 2**63-1]`` are refused, as :meth:`add` refuses them)."""
+        ids = check_ids(ids if isinstance(ids, (list, tuple)) else np.asarray(ids).ravel(), unique=False)
         keep = ~np.isin(self._ids, ids)
         removed = int((~keep).sum())
         if removed:
@@ -384,22 +387,56 @@ class HammingIndex:
         return f"HammingIndex(bits={self.bits}, method={self.method!r}, ntotal={len(self)})"
 
 
-def check_ids(ids, n: int) -> np.ndarray:
-    """Validate ``n`` ids: 1-D integers (or integral floats), unique. Returns ``int64``."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise InputError(f"ids: expected a 1-D array, got shape {arr.shape}")
-    if len(arr) != n:
-        raise InputError(f"ids: {len(arr)} ids for {n} codes")
-    if arr.size and arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
-            raise InputError("ids: must be integers (found NaN or fractional values)")
-    elif arr.size and arr.dtype.kind not in "iu":
-        raise InputError(f"ids: must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    uniq, counts = np.unique(arr, return_counts=True)
-    if len(uniq) != len(arr):
-        raise InputError(f"ids: duplicate ids {uniq[counts > 1][:5].tolist()}")
+MAX_ID = 2**63 - 1  # ids are int64 (SQLite INTEGER); -1 marks a missing result, so ids are >= 0
+
+
+def check_ids(ids, n: int | None = None, *, unique: bool = True, name: str = "ids") -> np.ndarray:
+    """Validate ids: 1-D integers (or integral floats) in ``[0, 2**63 - 1]``, unique unless
+    ``unique=False``, ``n`` of them when ``n`` is given. Returns ``int64``.
+
+    That range is exactly what a search can return: results are ``int64`` and ``-1`` pads a row
+    with fewer than ``k`` results, so negative ids (and ``uint64`` ids past ``2**63 - 1``, which
+    would wrap to negative) are refused here rather than silently never found.
+    """
+    if isinstance(ids, (list, tuple)):
+        values = []
+        for value in ids:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+                raise InputError(f"{name}: must be integers, got {value!r}")
+            if isinstance(value, (float, np.floating)):
+                if not math.isfinite(value) or value != math.floor(value):
+                    raise InputError(f"{name}: must be integers (found {value!r})")
+            if not 0 <= value <= MAX_ID:
+                raise InputError(f"{name}: {int(value)} is out of range (ids go from 0 to 2**63-1 = {MAX_ID})")
+            values.append(int(value))
+        arr = np.array(values, dtype=np.int64)
+    else:
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            raise InputError(f"{name}: expected a 1-D array, got shape {arr.shape}")
+        if arr.size and arr.dtype.kind == "f":
+            if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+                raise InputError(f"{name}: must be integers (found NaN or fractional values)")
+            bad = arr[(arr < 0) | (arr >= 2.0**63)]
+        elif arr.size and arr.dtype.kind == "u":
+            bad = arr[arr > MAX_ID]
+        elif arr.size and arr.dtype.kind == "i":
+            bad = arr[arr < 0]
+        elif arr.size:
+            raise InputError(f"{name}: must be integers, got dtype {arr.dtype}")
+        else:
+            bad = arr[:0]
+        if bad.size:
+            raise InputError(
+                f"{name}: {bad.ravel()[0]} is out of range (ids go from 0 to 2**63-1 = {MAX_ID}); {bad.size} such ids"
+            )
+        arr = arr.astype(np.int64)
+    if n is not None and len(arr) != n:
+        raise InputError(f"{name}: {len(arr)} ids for {n} codes")
+    if unique:
+        uniq, counts = np.unique(arr, return_counts=True)
+        if len(uniq) != len(arr):
+            raise InputError(f"{name}: duplicate ids {uniq[counts > 1][:5].tolist()}")
     return arr
 
 
