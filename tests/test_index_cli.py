@@ -230,11 +230,13 @@ def test_search_takes_npz_query_codes_as_train_and_encode_write_them(files, caps
 def test_search_k_larger_than_the_database_returns_all_of_it(files, capsys):
     tmp, codes = files
     save_codes(tmp / "db.npz", codes, 32)
-    assert (
-        main(["search", "--codes", str(tmp / "db.npz"), "--query-codes", str(tmp / "q.npy"), "-k", "100000000000"]) == 0
-    )
+    assert main(["search", "--codes", str(tmp / "db.npz"), "--query-codes", str(tmp / "q.npy"), "-k", "1000"]) == 0
     out = capsys.readouterr().out
     assert "  50  id=" in out and "  51  id=" not in out
+    # past 2^31-1 it is a typo, not a request
+    huge = ["-k", "100000000000"]
+    assert main(["search", "--codes", str(tmp / "db.npz"), "--query-codes", str(tmp / "q.npy"), *huge]) == 2
+    assert "-k must be between 1 and 2,147,483,647" in capsys.readouterr().err
 
 
 def test_bad_files_are_one_line_exit_2(files, capsys):

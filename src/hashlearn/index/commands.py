@@ -13,6 +13,9 @@ CODES_FORMAT_HELP = (
 )
 
 
+K_MAX = 2**31 - 1  # larger -k is a typo, not a request: refused rather than clamped
+
+
 def register(sub) -> None:
     index = sub.add_parser("index", help="build and manage a collection of codes on disk")
     isub = index.add_subparsers(dest="index_command", metavar="ACTION", parser_class=type(index))
@@ -108,7 +111,8 @@ def register(sub) -> None:
     q.add_argument("--image", metavar="IMAGE", help="a query image, encoded by the model of --run")
     s.add_argument("--run", metavar="RUN", help="training run directory (with --image)")
     s.add_argument(
-        "-k", type=int, default=10, help="neighbours per query (default 10; more than the database holds: all of it)"
+        "-k", type=int, default=10,
+        help="neighbours per query (default 10; at most 2^31-1; more than the database holds: all of it)",
     )
     s.add_argument("--radius", type=int, help="range search: every code within this distance")
     s.add_argument("--method", choices=["auto", "flat", "mih"], default="auto")
@@ -472,8 +476,8 @@ def cmd_search(args) -> int:
     from hashlearn.errors import InputError
     from hashlearn.index.hamming import HammingIndex
 
-    if args.k < 1 and args.radius is None:
-        raise InputError(f"-k must be at least 1, got {args.k}")
+    if args.radius is None and not 1 <= args.k <= K_MAX:
+        raise InputError(f"-k must be between 1 and {K_MAX:,}, got {args.k}")
     if args.radius is not None and args.radius < 0:
         raise InputError(f"--radius must be at least 0, got {args.radius}")
     coll = None
