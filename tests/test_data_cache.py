@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashlearn.data import load_dataset, open_prepared, prepare, prepared_names, read_manifest
+from hashlearn.data import load_dataset, open_prepared, prepare, prepared_name, prepared_names, read_manifest
 from hashlearn.errors import InputError, NotFoundError
 
 
@@ -107,11 +107,11 @@ def test_failed_prepare_leaves_no_half_cache_and_keeps_the_old_one(pets: Path, t
     (broken / "cat").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(broken / "cat" / "ok.png")
     (broken / "cat" / "zz.png").write_bytes(b"\x89PNG truncated")
-    with pytest.raises(InputError, match="zz.png"):
-        prepare("folder", source=broken, cache_dir=cache, as_name="pets")
+    with pytest.raises(InputError, match="zz.png"):  # another source replaces "pets" only with force=True
+        prepare("folder", source=broken, cache_dir=cache, as_name="pets", force=True)
     assert sorted(p.name for p in cache.iterdir()) == ["pets"]  # no .tmp-* folder left behind
     assert len(open_prepared("pets", cache_dir=cache, verify=True)) == 5
-    ds = prepare("folder", source=broken, cache_dir=cache, as_name="pets", skip_bad=True)
+    ds = prepare("folder", source=broken, cache_dir=cache, as_name="pets", skip_bad=True, force=True)
     assert len(ds) == 1
     assert read_manifest("pets", cache_dir=cache)["skipped"] == [str(broken / "cat" / "zz.png")]
     assert len(open_prepared("pets", cache_dir=cache, verify=True)) == 1
@@ -122,3 +122,48 @@ def test_default_cache_root_comes_from_the_environment(pets: Path, tmp_path: Pat
     prepare("digits")
     assert (tmp_path / "env-cache" / "digits" / "manifest.json").exists()
     assert open_prepared("digits").images.shape == (1797, 8, 8, 1)
+
+
+# -- the name a prepared dataset gets, and never replacing one from another source ------------------
+
+
+def tree(root: Path, colors: dict[str, int]) -> Path:
+    for rel, shade in colors.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (shade, 0, 0)).save(root / rel)
+    return root
+
+
+def test_a_generic_folder_is_prepared_under_the_name_of_its_source(pets: Path, tmp_path: Path):
+    cache = tmp_path / "cache"
+    roses = tree(tmp_path / "My Roses (2)", {"red/1.png": 10, "white/1.png": 20})
+    assert prepare("folder", source=roses, cache_dir=cache).name == "My-Roses-2"
+    assert prepare("folder", source=pets, cache_dir=cache).name == "pets"  # .tar.gz dropped
+    assert prepared_names(cache) == ["my-roses-2", "pets"]  # no "folder": neither replaced the other
+    assert open_prepared("my-roses-2", cache_dir=cache).class_names == ["red", "white"]
+    assert read_manifest("pets", cache_dir=cache)["dataset"] == "folder"
+    assert prepare("folder", source=roses, cache_dir=cache, as_name="roses").name == "roses"  # --as still wins
+    assert prepared_name("folder", tmp_path / "x" / "a b.tgz") == "a-b"
+    assert prepared_name("digits", roses) == "digits"  # only generic sources are named after the source
+    with pytest.raises(InputError, match=r"would be prepared as 'mnist', the name of a registered dataset; .*--as"):
+        prepare("folder", source=tree(tmp_path / "mnist", {"a/1.png": 1}), cache_dir=cache)
+
+
+def test_re_preparing_the_same_source_is_allowed_another_source_needs_force(pets: Path, tmp_path: Path):
+    cache = tmp_path / "cache"
+    one = tree(tmp_path / "one", {"a/1.png": 10, "b/1.png": 20})
+    two = tree(tmp_path / "two", {"a/1.png": 30, "b/1.png": 40})
+    prepare("folder", source=one, cache_dir=cache, as_name="set")
+    before = read_manifest("set", cache_dir=cache)["arrays"]["images"]["sha256"]
+    prepare("folder", source=tmp_path / "two" / ".." / "one", cache_dir=cache, as_name="set")  # the same folder
+    assert read_manifest("set", cache_dir=cache)["arrays"]["images"]["sha256"] == before
+    with pytest.raises(InputError, match=rf"'set' in {cache} comes from {one} \(folder\); preparing {two} .*--force"):
+        prepare("folder", source=two, cache_dir=cache, as_name="set")
+    with pytest.raises(InputError, match=r"comes from .*one \(folder\); preparing dataset digits .*--force"):
+        prepare("digits", cache_dir=cache, as_name="set")
+    assert sorted(p.name for p in cache.iterdir()) == ["set"]  # refused before any work: nothing written
+    assert read_manifest("set", cache_dir=cache)["arrays"]["images"]["sha256"] == before
+    assert open_prepared("set", cache_dir=cache).images[0, 0, 0, 0] == 10
+    assert prepare("folder", source=two, cache_dir=cache, as_name="set", force=True).images[0, 0, 0, 0] == 30
+    prepare("digits", cache_dir=cache)
+    assert len(prepare("digits", cache_dir=cache)) == 1797  # a dataset's default source is the same source

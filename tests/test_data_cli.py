@@ -168,3 +168,88 @@ def test_a_bomb_is_skipped_and_counted_with_skip_bad(flowers: Path, tmp_path: Pa
     one_line(capsys, args, str(bomb), "30000x30000")
     assert main([*args, "--skip-bad"]) == 0
     assert f"skipped 1 unreadable image(s): {bomb}" in capsys.readouterr().out
+
+
+def test_prepare_folder_without_as_is_named_after_its_source_and_says_so(flowers: Path, tmp_path: Path, capsys):
+    cache = str(tmp_path / "cache")
+    assert main(["data", "prepare", "folder", "--source", str(flowers), "--cache", cache]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("prepared flowers: 3 images 4x4x3")
+    assert "named 'flowers' after the source; use it as --dataset flowers (choose another name with --as NAME)" in out
+    pets = tmp_path / "pets"
+    for rel in ("cat/1.png", "dog/1.png"):
+        (pets / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (9, 9, 9)).save(pets / rel)
+    assert main(["data", "prepare", "folder", "--source", str(pets), "--cache", cache]) == 0
+    assert main(["data", "prepare", "folder", "--source", str(flowers), "--cache", cache]) == 0  # same source again
+    capsys.readouterr()
+    assert main(["data", "list", "--cache", cache]) == 0
+    out = capsys.readouterr().out
+    assert "  flowers                    folder, 3 images  [official-split]" in out
+    assert "  pets                       folder, 2 images  [per-class]" in out
+    err = one_line(capsys, ["data", "prepare", "folder", "--source", str(pets), "--as", "flowers", "--cache", cache],
+                   "'flowers'", str(flowers), str(pets), "--force")  # fmt: skip
+    assert "would replace it" in err
+    assert main(["data", "info", "flowers", "--cache", cache]) == 0 and "3 images" in capsys.readouterr().out
+    assert main(["data", "prepare", "folder", "--source", str(pets), "--as", "flowers", "--cache", cache,
+                 "--force"]) == 0  # fmt: skip
+    assert "prepared flowers: 2 images" in capsys.readouterr().out
+
+
+def test_prepare_stores_a_grey_folder_as_one_channel_and_says_so(tmp_path: Path, capsys):
+    for rel, shade in (("a/1.png", 10), ("b/1.png", 20)):
+        (tmp_path / "scans" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (4, 4), shade).save(tmp_path / "scans" / rel)
+    args = ["data", "prepare", "folder", "--source", str(tmp_path / "scans"), "--cache", str(tmp_path / "c")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "prepared scans: 2 images 4x4x1" in out
+    assert "every image is single-channel (grey): stored as 1 channel (--mode RGB stores 3)" in out
+    assert main([*args, "--mode", "RGB"]) == 0
+    out = capsys.readouterr().out
+    assert "prepared scans: 2 images 4x4x3" in out and "single-channel" not in out
+
+
+def test_split_takes_protocol_parameters_with_set(flowers: Path, tmp_path: Path, capsys):
+    from hashlearn.data import Split
+
+    cache = str(tmp_path / "cache")
+    main(["data", "prepare", "folder", "--source", str(flowers), "--cache", cache])
+    out = tmp_path / "split.json"
+    base = ["data", "split", "flowers", "--cache", cache, "--out", str(out), "--protocol", "per-class"]
+    assert main([*base, "--set", "query_per_class=1", "--set", "val_fraction=0"]) == 0
+    split = Split.load(out)
+    assert split.params["query_per_class"] == 1 and split.params["val_fraction"] == 0
+    assert split.sizes == {"query": 2, "train": 1, "val": 0, "database": 1}
+    out.unlink()
+    one_line(capsys, [*base, "--set", "query_per_klass=1"], "'query_per_klass'",
+             "its parameters are query_per_class, query_fraction, query_split, train_per_class")  # fmt: skip
+    one_line(capsys, [*base, "--set", "query_per_class"], "--set 'query_per_class'", "KEY=VALUE")
+    one_line(capsys, [*base, "--set", "query_per_class=ten"], "query_per_class must be a whole number", "'ten'")
+    assert not out.exists()
+
+
+def test_split_without_protocol_uses_the_datasets_default(tmp_path: Path, capsys):
+    root = tmp_path / "leaves"
+    for rel, shade in {"train/oak/1.png": 1, "train/oak/2.png": 2, "train/elm/1.png": 3, "valid/oak/3.png": 4,
+                       "valid/elm/3.png": 5, "test/oak/4.png": 6, "test/elm/4.png": 7}.items():  # fmt: skip
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (shade, 0, 0)).save(root / rel)
+    cache = str(tmp_path / "cache")
+    assert main(["data", "prepare", "folder", "--source", str(root), "--cache", cache]) == 0
+    capsys.readouterr()
+    out = tmp_path / "split.json"
+    assert main(["data", "split", "leaves", "--cache", cache, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("protocol official-split (the default for leaves; choose another with --protocol)")
+    assert "query 2, train 3, val 2, database 5" in printed  # the valid/ folder is the validation split
+
+
+def test_list_shows_each_datasets_default_protocol(capsys):
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    datasets = out.split("protocols:")[0].splitlines()[1:]
+    lines = {line.split()[0]: line for line in datasets}
+    assert lines["cifar10"].endswith("[cifar10-1]") or "[cifar10-1]  [source:" in lines["cifar10"]
+    assert "[nus-wide]" in lines["nus-wide"] and "[by content]" in lines["folder"]
+    assert "default protocol (train without --protocol): the dataset's own protocol" in out

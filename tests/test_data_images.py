@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashlearn.data import cache as cache_module
 from hashlearn.data import load_dataset, prepare, read_image
 from hashlearn.data import sources as sources_module
+from hashlearn.data import store as store_module
 from hashlearn.data.images import decode_image, max_image_pixels
 from hashlearn.errors import InputError
 
@@ -146,7 +146,7 @@ def test_a_cache_that_does_not_fit_on_disk_is_refused(tmp_path: Path, monkeypatc
     class Usage:
         free = 100
 
-    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: Usage)
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda path: Usage)
     with pytest.raises(InputError, match=r"cache folder .*cache: .*2 images of 8x8x3 bytes.* only 100 bytes is free"):
         prepare("folder", tmp_path / "set", cache_dir=tmp_path / "cache", size=8)
     assert not (tmp_path / "cache").exists()  # no temporary folder, and the cache folder it made is gone

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from hashlearn.data import ImageDataset, load_dataset, make_mosaics, read_image
-from hashlearn.data import loaders as loaders_module
+from hashlearn.data.datasets import cifar10 as cifar10_module
 from hashlearn.errors import InputError, NotFoundError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -48,7 +48,7 @@ def cifar_batch(labels: list[int], first_red: int) -> dict:
 def cifar_pickles(tmp_path: Path) -> Path:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    names = [n.encode() for n in loaders_module.CIFAR10_CLASSES]
+    names = [n.encode() for n in cifar10_module.CIFAR10_CLASSES]
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names, b"num_vis": 3072}, protocol=2))
     (folder / "data_batch_1").write_bytes(pickle.dumps(cifar_batch([6, 9, 9], first_red=10), protocol=2))
     (folder / "test_batch").write_bytes(pickle.dumps(cifar_batch([3, 8], first_red=100), protocol=2))
@@ -87,8 +87,8 @@ def test_cifar10_pickle_that_would_run_code_is_refused(tmp_path: Path):
 def test_cifar10_downloads_the_official_archive_when_nothing_is_local(cifar_pickles, tmp_path, monkeypatch):
     monkeypatch.delenv("HASHLEARN_DATA", raising=False)
     monkeypatch.setenv("HASHLEARN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(loaders_module, "CIFAR10_URL", cifar_pickles.as_uri())
-    monkeypatch.setattr(loaders_module, "CIFAR10_MD5", hashlib.md5(cifar_pickles.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar10_module, "CIFAR10_URL", cifar_pickles.as_uri())
+    monkeypatch.setattr(cifar10_module, "CIFAR10_MD5", hashlib.md5(cifar_pickles.read_bytes()).hexdigest())
     ds = load_dataset("cifar10")
     assert len(ds) == 5
     assert (tmp_path / "cache" / "downloads" / "cifar-10-python.tar.gz").exists()
@@ -97,7 +97,7 @@ def test_cifar10_downloads_the_official_archive_when_nothing_is_local(cifar_pick
 def test_cifar10_without_source_or_network_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("HASHLEARN_DATA", raising=False)
     monkeypatch.setenv("HASHLEARN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(loaders_module, "CIFAR10_URL", (tmp_path / "absent.tar.gz").as_uri())
+    monkeypatch.setattr(cifar10_module, "CIFAR10_URL", (tmp_path / "absent.tar.gz").as_uri())
     with pytest.raises(NotFoundError, match="pass --source PATH"):
         load_dataset("cifar10")
 
@@ -105,7 +105,7 @@ def test_cifar10_without_source_or_network_is_a_clear_error(tmp_path, monkeypatc
 def test_cifar10_download_with_wrong_md5_is_rejected(cifar_pickles, tmp_path, monkeypatch):
     monkeypatch.delenv("HASHLEARN_DATA", raising=False)
     monkeypatch.setenv("HASHLEARN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(loaders_module, "CIFAR10_URL", cifar_pickles.as_uri())
+    monkeypatch.setattr(cifar10_module, "CIFAR10_URL", cifar_pickles.as_uri())
     with pytest.raises(InputError, match="wrong md5"):
         load_dataset("cifar10")
     assert list((tmp_path / "cache" / "downloads").iterdir()) == []
@@ -203,6 +203,34 @@ def test_read_image_modes_and_errors(tmp_path: Path):
         read_image(tmp_path / "bad.jpg")
 
 
+def test_a_folder_whose_images_are_all_grey_is_stored_as_one_channel(tmp_path: Path):
+    root = tmp_path / "xray"
+    solid(root / "train/lung/1.png", 90, mode="L")
+    solid(root / "train/lung/2.png", 1, mode="1")  # 1-bit
+    solid(root / "test/bone/3.png", (120, 255), mode="LA")  # grey + alpha
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(root / "test/bone/4.png")  # 16-bit grey
+    ds = load_dataset("folder", root)
+    assert ds.images.shape == (4, 4, 4, 1)
+    assert ds.images[:, 0, 0, 0].tolist() == [90, 255, 120, 156]
+    assert ds.info["detected_mode"] == "L"
+    forced = load_dataset("folder", root, mode="RGB")  # --mode still decides when given
+    assert forced.images.shape == (4, 4, 4, 3) and forced.images[0, 0, 0].tolist() == [90, 90, 90]
+    assert "detected_mode" not in forced.info
+    tarred = load_dataset("folder", make_tar(root, tmp_path / "xray.tar.gz"))  # archives are probed the same way
+    assert tarred.images.shape == (4, 4, 4, 1)
+
+
+def test_one_colour_image_makes_the_folder_rgb(tmp_path: Path):
+    root = tmp_path / "mixed"
+    solid(root / "a/1.png", 90, mode="L")
+    solid(root / "b/1.png", RED)
+    (root / "b/broken.png").write_bytes(b"not an image")  # unreadable: neither grey nor colour
+    ds = load_dataset("folder", root, skip_bad=True)
+    assert ds.images.shape == (2, 4, 4, 3) and ds.info["detected_mode"] == "RGB"
+    assert ds.images[0, 0, 0].tolist() == [90, 90, 90]
+    assert load_dataset("folder", root, mode="L", skip_bad=True).images.shape == (2, 4, 4, 1)
+
+
 # -- CSV-labelled folders (Kaggle / the shared PNG sample) -----------------------------------
 
 
@@ -218,6 +246,15 @@ def test_csv_labelled_images_follow_csv_order(tmp_path: Path):
     assert ds.labels.tolist() == [0, 1, 0]
     assert ds.official_split.tolist() == ["train"] * 3
     assert ds.images[2, 0, 0].tolist() == [0, 0, 255]
+
+
+def test_csv_labelled_grey_images_are_one_channel(tmp_path: Path):
+    root = tmp_path / "scans"
+    solid(root / "1.png", 30, mode="L")
+    solid(root / "2.png", 60, mode="L")
+    (root / "labels.csv").write_text("file,label\n1.png,a\n2.png,b\n")
+    assert load_dataset("csv", root).images[:, 0, 0, 0].tolist() == [30, 60]
+    assert load_dataset("csv", root, mode="RGB").images.shape == (2, 4, 4, 3)
 
 
 # -- idx files and digits --------------------------------------------------------------------

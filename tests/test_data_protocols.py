@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -155,3 +156,119 @@ def test_split_files_that_are_malformed_or_unwritable_are_input_errors(tmp_path:
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(InputError, match="s.json is unreadable"):
         Split.load(path)
+
+
+# -- official-split: the source's own validation split, and a true description ------------------------
+
+
+@pytest.fixture
+def with_val() -> ImageDataset:
+    """20 train, 6 val, 8 test images of two classes (a train/ val/ test/ folder tree)."""
+    splits = ["train"] * 20 + ["val"] * 6 + ["test"] * 8
+    return labelled(np.arange(34) % 2, splits)
+
+
+def test_official_split_uses_the_sources_own_validation_split(with_val):
+    split = get_protocol("official-split").split(with_val, seed=0)
+    assert np.array_equal(split.query, np.arange(26, 34))
+    assert np.array_equal(split.train, np.arange(20))  # all of train: nothing is held out of it
+    assert np.array_equal(split.val, np.arange(20, 26))  # exactly the val folder
+    assert np.array_equal(split.database, np.arange(26))  # every non-query image: train and val
+    assert split.params["val_split"] == "val"
+    no_val = labelled(np.arange(28) % 2, ["train"] * 20 + ["test"] * 8)
+    fallback = get_protocol("official-split").split(no_val, seed=0)  # no val split: 10 % of train per class
+    assert fallback.sizes == {"query": 8, "train": 18, "val": 2, "database": 20}
+    ignored = get_protocol("official-split", val_split=None).split(with_val, seed=0)
+    assert np.isin(ignored.val, np.arange(20)).all() and len(ignored.val) == 2
+
+
+def test_official_split_description_says_what_it_does():
+    summary = PROTOCOLS.info("official-split")["summary"]
+    assert "training = database" not in summary
+    assert "val = the official val split when there is one" in summary
+    assert "database = every non-query image (train and val)" in summary
+
+
+def test_a_val_split_with_a_database_without_training(with_val):
+    split = get_protocol("per-class", query_split="test", val_split="val", database_includes_train=False).split(
+        with_val, seed=0
+    )
+    assert split.sizes == {"query": 8, "train": 20, "val": 6, "database": 0}
+
+
+# -- protocol parameters: checked by name and by type ---------------------------------------------
+
+
+def test_a_parameter_the_protocol_does_not_take_lists_the_ones_it_takes():
+    from hashlearn.data import protocol_params
+
+    assert protocol_params("cifar10-1") == ["val_fraction"]
+    assert "query_per_class" in protocol_params("per-class") and "val_split" in protocol_params("official-split")
+    with pytest.raises(InputError, match=r"protocol 'per-class' has no parameter 'queries'; its parameters are "
+                                         r"query_per_class, query_fraction, query_split, train_per_class"):  # fmt: skip
+        get_protocol("per-class", queries=5)
+    with pytest.raises(InputError, match="'per-label' has no parameter 'query_per_class'; .* query_per_label"):
+        get_protocol("per-label", query_per_class=5)
+
+
+@pytest.mark.parametrize(
+    "name,params,needle",
+    [
+        ("per-class", {"query_per_class": "ten"}, "query_per_class must be a whole number"),
+        ("per-class", {"query_per_class": 2.5}, "query_per_class must be a whole number"),
+        ("per-class", {"query_fraction": 2}, "query_fraction must be in (0, 1]"),
+        ("per-class", {"database_includes_train": "yes"}, "database_includes_train must be true or false"),
+        ("per-class", {"query_split": 3}, "query_split must be the name of an official split"),
+        ("per-label", {"train_per_label": -1}, "train_per_label must be a whole number"),
+        ("cifar10-1", {"val_fraction": "half"}, "val_fraction must be in [0, 1)"),
+    ],
+)
+def test_parameter_values_of_the_wrong_kind_are_input_errors(name, params, needle):
+    with pytest.raises(InputError) as info:
+        get_protocol(name, **params)
+    assert needle in str(info.value)
+
+
+# -- the default protocol of a dataset ----------------------------------------------------------------
+
+
+def test_default_protocol_fits_the_dataset(cifar_like, with_val, tmp_path: Path):
+    from PIL import Image
+
+    from hashlearn.data import default_protocol, prepare
+
+    assert default_protocol("cifar10") == "cifar10-1"
+    assert default_protocol("nus-wide") == "nus-wide"
+    assert default_protocol(labelled(np.arange(10) % 2)) == "per-class"  # no official split
+    assert default_protocol(labelled(np.arange(10) % 2, ["train"] * 10)) == "per-class"  # train only
+    assert default_protocol(with_val) == "official-split"
+    assert default_protocol(labelled(np.eye(3, dtype=np.uint8)[[0, 1, 2, 0]])) == "per-label"
+    copy = dataclasses.replace(cifar_like, name="c10", info={"dataset": "cifar10"})  # a copy prepared as 'c10'
+    assert default_protocol(copy) == "cifar10-1"
+    for rel in ("train/cat/1.png", "train/dog/1.png", "test/cat/2.png"):
+        (tmp_path / "pets" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (2, 2)).save(tmp_path / "pets" / rel)
+    prepare("folder", tmp_path / "pets", cache_dir=tmp_path / "cache")
+    assert default_protocol("pets", cache_dir=tmp_path / "cache") == "official-split"
+    with pytest.raises(InputError, match="'folder' has no default protocol until it is prepared .*--protocol"):
+        default_protocol("folder", cache_dir=tmp_path / "cache")
+    with pytest.raises(InputError, match="'roses' is neither a registered dataset nor prepared in .*cache"):
+        default_protocol("roses", cache_dir=tmp_path / "cache")
+
+
+# -- a split file checked against the dataset it is applied to ----------------------------------------
+
+
+def test_a_split_is_checked_against_the_images_it_was_made_for(with_val, tmp_path: Path):
+    split = get_protocol("official-split").split(with_val, seed=0)
+    loaded = Split.load(split.save(tmp_path / "s.json"))
+    assert loaded.ids_sha256 == split.ids_sha256 and loaded.check(with_val, tmp_path / "s.json") is loaded
+    with pytest.raises(InputError, match=r"split file .*s.json was made for dataset 'standin' of 34 images, not"):
+        loaded.check(with_val.subset(np.arange(30)), tmp_path / "s.json")
+    reordered = with_val.subset(np.arange(34)[::-1])
+    with pytest.raises(InputError, match="whose images differ from those of 'standin' .*another order"):
+        loaded.check(reordered, tmp_path / "s.json")
+    old = Split(query=[0], train=[1], val=[], database=[1, 2], protocol="p", n_images=3)  # no ids recorded
+    assert old.check(labelled([0, 1, 0])) is old
+    with pytest.raises(InputError, match="indices outside 0..2"):
+        Split(query=[5], train=[1], val=[], database=[1], protocol="p", n_images=3).check(labelled([0, 1, 0]))

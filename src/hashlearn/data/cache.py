@@ -1,81 +1,75 @@
-"""Decode once, memory-map forever: the prepared-dataset cache.
+"""Decode once, memory-map forever: :func:`prepare` puts a dataset into the prepared-dataset cache.
 
-``prepare(name, source)`` decodes a dataset into ``<cache>/<key>/``::
+What the cache holds and how it is read back (:func:`open_prepared`, :func:`read_manifest`, …)
+is :mod:`hashlearn.data.store`, re-exported here. This module only adds what preparing *by
+dataset name* needs: building the dataset (:func:`hashlearn.data.load_dataset` into a memmap),
+the name it is stored under, and the rule that a prepared dataset is not silently replaced by
+one from another source.
 
-    images.npy          uint8 (N, H, W, C)         memory-mapped when opened
-    labels.npy          int64 (N,) or uint8 (N, C)
-    ids.npy             str (N,)
-    official_split.npy  str (N,)                   only when the source has one
-    manifest.json       counts, shapes, sha256 of each .npy file, source, options, format version
+Names. A dataset is stored under ``as_name`` when given, else under its own name — except a
+*generic* dataset (``folder``, ``csv``, ``image-list``: a source of any content), which is
+stored under the base name of its source made a plain name (``/data/My Flowers.tar.gz`` →
+``My-Flowers``), so that two folders never overwrite each other as ``folder``.
 
-``<key>`` is the dataset name (or ``as_name``), plus ``-<S>px`` when resized to ``S``.
-The cache root is ``$HASHLEARN_CACHE`` or ``~/.cache/hashlearn``.
-
-Safety: the folder is written under a hidden temporary name and renamed into place only once
-``manifest.json`` is complete, so a killed ``prepare`` leaves a ``.tmp-*`` folder that is never
-read, not a half cache that looks valid. :func:`open_prepared` always checks the format version,
-each file's byte size, dtype and shape against the manifest (cheap), and that a source archive
-still has the size and modification time it had when prepared; ``verify=True`` also recomputes
-the sha256 of every file. Any mismatch raises, naming the file, instead of returning stale data.
+Replacing. Preparing over an existing prepared dataset of the same name (and size) is allowed
+when it comes from the same source (same dataset and the same source path, resolved; a source
+left to the dataset's default counts as the same): that re-prepare replaces it with the same
+content, as before. From a different source it is refused unless ``force=True`` (``--force``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from hashlearn import __version__
-from hashlearn._digest import file_digest
 from hashlearn.data.dataset import ImageDataset
+from hashlearn.data.datasets import DATASETS, default_source, get_builder, load_dataset
 from hashlearn.data.images import check_size
-from hashlearn.data.loaders import DATASETS, default_source, load_dataset
-from hashlearn.data.sources import cache_root, describe_shape, format_bytes, one_line
+from hashlearn.data.store import (
+    CACHE_VERSION,
+    cache_dir_path,
+    cache_key,
+    check_name,
+    open_prepared,
+    plain_name,
+    prepared_names,
+    prepared_path,
+    read_manifest,
+    write_prepared,
+)
 from hashlearn.errors import InputError, NotFoundError
 
-CACHE_FORMAT = "hashlearn-prepared-dataset"
-CACHE_VERSION = 1
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+def prepared_name(name: str, source: str | Path | None = None, as_name: str | None = None) -> str:
+    """The name dataset ``name`` from ``source`` is prepared under (see the module docstring).
 
-
-def check_name(name: str, what: str = "dataset name") -> str:
-    """``name`` if it is a plain name (letters, digits, ``. _ + -``; no folders), else :class:`InputError`."""
-    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or len(name) > 200:
+    Raises :class:`InputError` for an ``as_name`` that is not a plain name, and for a source whose
+    base name is that of another registered dataset (``--as`` must then choose).
+    """
+    get_builder(name)  # unknown name → NotFoundError
+    key = name.lower()
+    if as_name is not None:
+        return check_name(as_name, "--as name")
+    if source is None or not DATASETS.info(key).get("generic"):
+        return key
+    src = Path(source).expanduser()
+    base = (src.resolve() if src.exists() else src).name
+    for suffix in _ARCHIVE_SUFFIXES:
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            base = base[: -len(suffix)]
+            break
+    derived = plain_name(base)
+    if not derived:
+        return key
+    if derived.lower() != key and derived.lower() in DATASETS:
         raise InputError(
-            f"{what} {name!r} must be a plain name (letters, digits, '.', '_', '+', '-', starting with a letter "
-            "or digit; no folders), e.g. 'flowers'"
+            f"source {src} would be prepared as {derived!r}, the name of a registered dataset; "
+            "choose another name with --as NAME"
         )
-    return name
-
-
-def cache_key(name: str, size: int | None = None) -> str:
-    check_name(name)
-    return name.lower() if size is None else f"{name.lower()}-{size}px"
-
-
-def prepared_path(name: str, cache_dir: str | Path | None = None, size: int | None = None) -> Path:
-    """The folder that holds (or would hold) prepared dataset ``name``."""
-    return Path(cache_dir or cache_root()).expanduser() / cache_key(name, size)
-
-
-def _source_stamp(source: str | None) -> dict[str, Any] | None:
-    """Size and mtime of a source *file* (folders are not stamped: walking them costs too much)."""
-    if not source:
-        return None
-    p = Path(source)
-    if not p.is_file():
-        return None
-    st = p.stat()
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return derived
 
 
 def prepare(
@@ -86,256 +80,81 @@ def prepare(
     skip_bad: bool = False,
     *,
     as_name: str | None = None,
+    force: bool = False,
     progress: bool = False,
     **options: Any,
 ) -> ImageDataset:
     """Decode dataset ``name`` once into the cache and return it memory-mapped.
 
-    ``as_name`` stores it under another name (e.g. a generic ``folder`` source as ``"flowers"``);
-    ``options`` go to the builder (e.g. ``mode="L"`` for a folder). An existing cache of the same
-    key is replaced atomically. Unreadable images raise :class:`InputError` naming the file, or
-    with ``skip_bad=True`` are left out and listed in ``manifest["skipped"]``.
+    The prepared name is :func:`prepared_name` (``as_name``, else the source's base name for a
+    generic ``folder``/``csv``/``image-list`` source, else ``name``); the returned dataset's
+    ``name`` is it. ``options`` go to the builder (e.g. ``mode="L"`` for a folder). An existing
+    prepared dataset of the same name from another source is kept unless ``force=True``; one
+    from the same source is replaced atomically. Unreadable images raise :class:`InputError`
+    naming the file, or with ``skip_bad=True`` are left out and listed in ``manifest["skipped"]``.
     """
-    DATASETS.get(name)  # unknown name → NotFoundError before any work
+    get_builder(name)  # unknown name → NotFoundError before any work
     if as_name is not None:
         check_name(as_name, "--as name")
     check_size(size)  # absurd sizes are refused before any work
-    root = Path(cache_dir or cache_root()).expanduser()
-    key = cache_key(as_name or name, size)
-    final = root / key
-    tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if prepare fails
+    if source is not None and not Path(source).expanduser().exists():
+        raise NotFoundError(f"source {Path(source).expanduser()} for dataset {name!r} does not exist")
+    stored = prepared_name(name, source, as_name)
+    root = cache_dir_path(cache_dir)
+    key = cache_key(stored, size)
+    if not force:
+        _refuse_other_source(root, key, name, source)
+    write_prepared(
+        root,
+        key,
+        lambda alloc: load_dataset(
+            name, source, size=size, skip_bad=skip_bad, progress=progress, alloc=alloc, **options
+        ),
+        name=stored,
+        dataset=name,
+        source=source,
+        size=size,
+        options=options,
+    )
+    return open_prepared(stored, cache_dir=root, size=size)
+
+
+def _refuse_other_source(root: Path, key: str, name: str, source: str | Path | None) -> None:
+    """:class:`InputError` when ``root/key`` holds a prepared dataset from another source than ``source``."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as exc:
-        _remove_empty(created)
-        raise InputError(
-            f"cache folder {root} cannot be written ({exc.strerror or exc}); choose another with --cache DIR "
-            "or $HASHLEARN_CACHE"
-        ) from None
-    started = time.perf_counter()
-    try:
-        allocated: list[np.ndarray] = []
-
-        def alloc(shape: tuple[int, ...]) -> np.ndarray:
-            _check_disk(tmp, int(np.prod(shape, dtype=np.float64)), f"{key} {describe_shape(shape)}")
-            array = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
-            allocated.append(array)
-            return array
-
-        ds = load_dataset(name, source, size=size, skip_bad=skip_bad, progress=progress, alloc=alloc, **options)
-        _write_images(ds.images, allocated, tmp / "images.npy")
-        del allocated[:]
-        np.save(tmp / "labels.npy", np.ascontiguousarray(ds.labels))
-        np.save(tmp / "ids.npy", ds.ids)
-        if ds.official_split is not None:
-            np.save(tmp / "official_split.npy", ds.official_split)
-        source_used = ds.info.get("source") or (str(source) if source else None)
-        manifest = {
-            "format": CACHE_FORMAT,
-            "version": CACHE_VERSION,
-            "hashlearn_version": __version__,
-            "name": as_name or ds.name,
-            "dataset": name.lower(),
-            "synthetic": "synthetic" in ds.name,
-            "source": source_used,
-            "source_stamp": _source_stamp(source_used),
-            "size": size,
-            "options": {
-                k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in options.items()
-            },
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "prepare_seconds": None,
-            "count": len(ds),
-            "image_shape": list(ds.image_shape),
-            "multilabel": ds.multilabel,
-            "class_names": ds.class_names,
-            "per_split": ds.split_counts(),
-            "per_class": ds.class_counts(),
-            "skipped": list(ds.info.get("skipped", [])),
-            "info": {k: v for k, v in ds.info.items() if k not in ("skipped",) and _jsonable(v)},
-            "arrays": {},
-        }
-        del ds
-        for f in sorted(tmp.glob("*.npy")):
-            arr = np.load(f, mmap_mode="r")
-            manifest["arrays"][f.stem] = {
-                "file": f.name,
-                "shape": list(arr.shape),
-                "dtype": arr.dtype.str,
-                "bytes": f.stat().st_size,
-                "sha256": file_digest(f),
-            }
-            del arr
-        manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
-        raise
-    return open_prepared(as_name or name, cache_dir=root, size=size)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove the folders ``prepare`` created (deepest first) when they are still empty."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _check_disk(folder: Path, need: int, what: str) -> None:
-    """Refuse to write ``need`` bytes into ``folder`` when its file system has less free space."""
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return
-    if need > free:
-        raise InputError(
-            f"cache folder {folder.parent}: {what} needs {format_bytes(need)} but only {format_bytes(free)} is "
-            "free there; use a smaller --size or another --cache DIR"
-        )
-
-
-def _write_images(images: np.ndarray, allocated: list[np.ndarray], path: Path) -> None:
-    """Make ``path`` hold exactly ``images`` (the builder may have returned a shorter view)."""
-    target = allocated[0] if allocated else None
-    if target is not None and images is target:
-        target.flush()
-        return
-    _check_disk(path.parent, images.nbytes, f"images {describe_shape(images.shape)}")
-    data = np.ascontiguousarray(images)
-    part = path.with_name("images.part.npy")
-    np.save(part, data)
-    del data, images
-    if target is not None:
-        target.flush()
-        del target
-    allocated.clear()
-    os.replace(part, path)
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def read_manifest(name: str, cache_dir: str | Path | None = None, size: int | None = None) -> dict[str, Any]:
-    """The manifest of a prepared dataset (raises :class:`NotFoundError` when it is not prepared)."""
-    folder = prepared_path(name, cache_dir, size)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.exists():
-        size_flag = f" --size {size}" if size else ""
-        raise NotFoundError(
-            f"dataset {name!r} is not prepared in {folder.parent}; run: hashlearn data prepare {name}{size_flag}"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
-        reason = f"unreadable manifest.json ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        raise InputError(f"prepared dataset {folder} has an {reason}; prepare it again") from None
+        manifest = json.loads((root / key / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return  # nothing there, or a damaged cache: preparing again is the cure
     if not isinstance(manifest, dict):
-        raise InputError(f"prepared dataset {folder} has a manifest.json that is not an object; prepare it again")
-    return manifest
+        return
+    old_dataset = manifest.get("dataset")
+    old_source = manifest.get("source_path") or manifest.get("source")
+    new_source = Path(source).expanduser() if source is not None else default_source(name)
+    if old_dataset == name.lower():
+        if new_source is None:
+            return  # left to the dataset's own default
+        if old_source and _same_path(old_source, new_source):
+            return
+    old = f"{old_source} ({old_dataset})" if old_source else f"dataset {old_dataset}"
+    new = f"{_absolute(new_source)} ({name.lower()})" if new_source is not None else f"dataset {name.lower()}"
+    raise InputError(
+        f"prepared dataset {key!r} in {root} comes from {old}; preparing {new} would replace it: "
+        "pass --force (force=True) to replace it, or --as NAME (as_name=) to keep both"
+    )
 
 
-def open_prepared(
-    name: str, cache_dir: str | Path | None = None, size: int | None = None, verify: bool = False
-) -> ImageDataset:
-    """Memory-map a prepared dataset back, after checking it against its manifest.
-
-    The cheap checks (format version, byte sizes, dtypes, shapes, source archive stamp) always
-    run; ``verify=True`` also recomputes the sha256 of every array file (about a second per GB).
-    """
-    folder = prepared_path(name, cache_dir, size)
-    manifest = read_manifest(name, cache_dir, size)
-    again = f"; run: hashlearn data prepare {name}" + (f" --size {size}" if size else "") + " again"
-
-    def stale(reason: str) -> InputError:
-        return InputError(f"prepared dataset {folder} is stale or corrupt: {reason}{again}")
-
-    if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
-        raise stale(f"cache format {manifest.get('format')} v{manifest.get('version')}, expected v{CACHE_VERSION}")
-    stamp = manifest.get("source_stamp")
-    src = manifest.get("source")
-    if stamp and src and Path(src).is_file() and _source_stamp(src) != stamp:
-        raise stale(f"source {src} changed since it was prepared")
+def _absolute(path: Path) -> Path:
     try:
-        return _open_checked(folder, manifest, verify, stale)
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise stale(f"manifest.json is malformed ({type(exc).__name__}: {one_line(exc)})") from None
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
 
 
-def _open_checked(folder: Path, manifest: dict[str, Any], verify: bool, stale) -> ImageDataset:
-    arrays: dict[str, np.ndarray] = {}
-    for key, spec in manifest["arrays"].items():
-        if Path(spec["file"]).name != spec["file"] or spec["file"] in ("", ".", ".."):
-            raise stale(f"manifest.json names a file outside the cache folder: {spec['file']!r}")
-        path = folder / spec["file"]
-        if not path.is_file():
-            raise stale(f"{spec['file']} is missing")
-        if path.stat().st_size != spec["bytes"]:
-            raise stale(f"{spec['file']} has {path.stat().st_size} bytes, manifest says {spec['bytes']}")
-        if verify and file_digest(path) != spec["sha256"]:
-            raise stale(f"{spec['file']} does not match its sha256")
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise stale(f"{spec['file']} is unreadable ({one_line(exc)})") from None
-        if not isinstance(arr, np.ndarray):
-            raise stale(f"{spec['file']} is not a .npy array")
-        if list(arr.shape) != spec["shape"] or arr.dtype.str != spec["dtype"]:
-            raise stale(
-                f"{spec['file']} is {arr.dtype.str} {list(arr.shape)}, manifest says {spec['dtype']} {spec['shape']}"
-            )
-        arrays[key] = arr
-    for required in ("images", "labels", "ids"):
-        if required not in arrays:
-            raise stale(f"{required}.npy is not in the manifest")
-    split = arrays.get("official_split")
+def _same_path(a: str | Path, b: str | Path) -> bool:
     try:
-        return ImageDataset(
-            images=arrays["images"],
-            labels=np.array(arrays["labels"]),
-            ids=np.array(arrays["ids"]),
-            class_names=list(manifest["class_names"]),
-            official_split=None if split is None else np.array(split),
-            name=str(manifest["name"]),
-            info={
-                "source": manifest.get("source"),
-                "skipped": manifest.get("skipped", []),
-                "cache": str(folder),
-                "size": manifest.get("size"),
-            },
-        )
-    except InputError as exc:
-        raise stale(str(exc)) from None
-
-
-def prepared_names(cache_dir: str | Path | None = None) -> list[str]:
-    """Keys of the prepared datasets in the cache (hidden temporary folders excluded)."""
-    root = Path(cache_dir or cache_root()).expanduser()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / "manifest.json").exists())
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 __all__ = [
@@ -344,6 +163,7 @@ __all__ = [
     "default_source",
     "open_prepared",
     "prepare",
+    "prepared_name",
     "prepared_names",
     "prepared_path",
     "read_manifest",

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(data))
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 
-    p = sub.add_parser("list", help="known dataset names, protocols and prepared datasets")
+    p = sub.add_parser("list", help="known datasets (with their default protocol), protocols and prepared datasets")
     p.add_argument("--cache", metavar="DIR", help="cache folder (default: $HASHLEARN_CACHE or ~/.cache/hashlearn)")
     p.set_defaults(func=_list)
 
@@ -32,8 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--skip-bad", action="store_true", help="skip unreadable images (and report them) instead of failing"
     )
     p.add_argument("--cache", metavar="DIR", help="cache folder (default: $HASHLEARN_CACHE or ~/.cache/hashlearn)")
-    p.add_argument("--as", dest="as_name", metavar="NAME", help="store under this name (e.g. for a generic folder)")
-    p.add_argument("--mode", choices=("RGB", "L"), help="colour mode for generic folder/csv sources")
+    p.add_argument(
+        "--as",
+        dest="as_name",
+        metavar="NAME",
+        help="store under this name (default: the dataset's name; for folder/csv/image-list, the source's base name)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("auto", "RGB", "L"),
+        help="colour mode for generic folder/csv sources (default auto: L when every image is grey, else RGB)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace a prepared dataset of the same name that came from another source"
+    )
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("info", help="counts per split and per class of a prepared dataset")
@@ -46,7 +58,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("split", help="apply a protocol to a prepared dataset and save the split")
     p.add_argument("name")
-    p.add_argument("--protocol", required=True, help="protocol name (see `hashlearn data list`)")
+    p.add_argument(
+        "--protocol", help="protocol name (see `hashlearn data protocols`; default: the dataset's default protocol)"
+    )
+    p.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a protocol parameter, e.g. --set query_per_class=10 (YAML value; repeatable)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, metavar="N")
     p.add_argument("--cache", metavar="DIR")
@@ -55,32 +77,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from hashlearn.data import DATASETS, PROTOCOLS, default_source, prepared_names
+    from hashlearn.data import DATASETS, PROTOCOLS, default_protocol, default_source, prepared_names, read_manifest
+    from hashlearn.data.protocols import DEFAULT_PROTOCOL_RULE
+    from hashlearn.errors import HashlearnError
 
-    print("datasets:")
+    print("datasets:                    [default protocol]")
     for name in DATASETS:
         info = DATASETS.info(name)
         src = default_source(name)
         where = f"  [source: {src}]" if src else ""
-        print(f"  {name:26s} {info['summary']}{where}")
+        protocol = info.get("protocol") or "by content"
+        print(f"  {name:26s} {info['summary']}  [{protocol}]{where}")
     print("protocols:")
     for name in PROTOCOLS:
         print(f"  {name:26s} {PROTOCOLS.info(name)['summary']}")
+    print(f"default protocol (train without --protocol): {DEFAULT_PROTOCOL_RULE}")
     prepared = prepared_names(args.cache)
-    print("prepared:", ", ".join(prepared) if prepared else "none")
+    if not prepared:
+        print("prepared: none")
+        return 0
+    print("prepared:")
+    for key in prepared:
+        try:
+            manifest = read_manifest(key, args.cache)
+            about = f"{manifest.get('dataset')}, {manifest.get('count', 0):,} images"
+            protocol = default_protocol(key, cache_dir=args.cache)
+        except HashlearnError as exc:  # a damaged cache is listed, not fatal
+            about, protocol = f"unreadable: {exc}", "?"
+        print(f"  {key:26s} {about}  [{protocol}]")
     return 0
 
 
 def _protocols(args: argparse.Namespace) -> int:
-    from hashlearn.data import PROTOCOLS
+    from hashlearn.data import PROTOCOLS, protocol_params
 
     for name in PROTOCOLS:
-        print(f"{name:16s} {PROTOCOLS.info(name)['summary']}")
+        params = ", ".join(protocol_params(name)) or "none"
+        print(f"{name:16s} {PROTOCOLS.info(name)['summary']} (parameters: {params})")
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from hashlearn.data import prepare
+    from hashlearn.data import prepare, read_manifest
 
     options = {"mode": args.mode} if args.mode else {}
     started = time.perf_counter()
@@ -91,6 +129,7 @@ def _prepare(args: argparse.Namespace) -> int:
         size=args.size,
         skip_bad=args.skip_bad,
         as_name=args.as_name,
+        force=args.force,
         progress=sys.stderr.isatty(),
         **options,
     )
@@ -98,6 +137,11 @@ def _prepare(args: argparse.Namespace) -> int:
     shape = "x".join(str(s) for s in ds.image_shape)
     print(f"prepared {ds.name}: {len(ds):,} images {shape}, {ds.n_classes} classes, "
           f"splits {ds.split_counts()} in {seconds:.1f} s -> {ds.info['cache']}")  # fmt: skip
+    if args.as_name is None and ds.name.lower() != args.name.lower():
+        print(f"named {ds.name!r} after the source; use it as --dataset {ds.name} (choose another name with --as NAME)")
+    detected = (read_manifest(ds.name, args.cache, args.size).get("info") or {}).get("detected_mode")
+    if detected == "L":
+        print("every image is single-channel (grey): stored as 1 channel (--mode RGB stores 3)")
     skipped = ds.info.get("skipped") or []
     if skipped:
         print(
@@ -136,14 +180,42 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from hashlearn.data import get_protocol, open_prepared
+    from hashlearn.data import default_protocol, get_protocol, open_prepared
     from hashlearn.data.protocols import check_split_path
 
     check_split_path(args.out)  # a bad --out fails before any work
-    protocol = get_protocol(args.protocol)
+    params = _parse_params(args.params)
+    protocol_name = args.protocol
+    if protocol_name is not None:
+        protocol = get_protocol(protocol_name, **params)  # a bad name or parameter fails before the dataset opens
     ds = open_prepared(args.name, cache_dir=args.cache, size=args.size)
+    if protocol_name is None:
+        protocol_name = default_protocol(ds)
+        print(f"protocol {protocol_name} (the default for {ds.name}; choose another with --protocol)")
+        protocol = get_protocol(protocol_name, **params)
     split = protocol.split(ds, seed=args.seed)
     path = split.save(args.out)
     sizes = ", ".join(f"{k} {v:,}" for k, v in split.sizes.items())
     print(f"{split.protocol} on {ds.name} (seed {split.seed}): {sizes}; sha256 {split.checksum[:12]} -> {path}")
     return 0
+
+
+def _parse_params(items: list[str]) -> dict:
+    """``["query_per_class=10", ...]`` → ``{"query_per_class": 10}`` (values read as YAML scalars)."""
+    import yaml
+
+    from hashlearn.errors import InputError
+
+    params = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. --set query_per_class=10")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, (dict, list)):
+            raise InputError(f"--set {item!r}: a protocol parameter is a number, true/false, null or a name")
+        params[key.strip()] = value
+    return params

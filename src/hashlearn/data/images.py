@@ -4,7 +4,9 @@ Conventions (the same for a whole dataset, for ``hashlearn encode --images`` and
 image given to ``hashlearn search --image``: they all call :func:`decode_image`):
 
 * Arrays are ``uint8`` with shape ``(H, W, C)``: ``C = 3`` (RGB) for colour sets and for any
-  folder of photos, ``C = 1`` for sets that are grey by nature (MNIST, Fashion-MNIST, digits).
+  folder of photos, ``C = 1`` for sets that are grey by nature (MNIST, Fashion-MNIST, digits)
+  and for a generic folder or CSV source whose images are all single-channel
+  (:data:`GREY_MODES`, read from the headers by :func:`is_grey_image`; ``--mode`` overrides).
   A grey file in an RGB set (some brain-MRI scans) is converted to RGB by repeating the channel,
   so every image of a dataset has the same number of channels.
 * **Orientation.** The EXIF orientation tag (photos from phones and cameras) is applied
@@ -34,6 +36,7 @@ import io
 import os
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -108,7 +111,7 @@ def resize_and_crop(img, size: int):
     return img.crop((left, top, left + size, top + size))
 
 
-def _open_header(data: bytes):
+def _open_header(data: bytes | BinaryIO):
     """``Image.open`` (header only) with PIL's own bomb check off: :func:`decode_image` checks."""
     from PIL import Image
 
@@ -116,9 +119,26 @@ def _open_header(data: bytes):
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            return Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+
+
+#: PIL modes of single-channel (grey) files: 1-bit, 8-bit, grey + alpha, 16/32-bit integer, float.
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def is_grey_image(data: bytes | BinaryIO) -> bool | None:
+    """Whether an image file is single-channel (:data:`GREY_MODES`), read from its header only.
+
+    ``None`` when the header cannot be read (the decoder reports such a file). Palette files
+    (``P``) count as colour even when their palette happens to be grey.
+    """
+    try:
+        with _open_header(data) as img:
+            return img.mode in GREY_MODES
+    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to report
+        return None
 
 
 def _apply_orientation(img):

@@ -14,14 +14,21 @@ Every split has four index arrays into the dataset (each sorted ascending):
 The protocol's training set (what the papers call "training set", e.g. CIFAR-10's 5,000)
 is ``train ∪ val``; ``val_fraction=0`` gives ``train`` all of it.
 
+When the protocol names a ``val_split`` (``official-split`` does: ``val``) and the dataset has
+images in that official split (a ``val/``, ``valid/`` or ``validation/`` folder beside ``train/``
+and ``test/``), those images are ``val`` instead of a slice of the training set.
+
 Draws use one ``numpy.random.default_rng(seed)`` in a fixed order (queries class by class,
 then training images class by class, then the validation slice), so the same seed, dataset and
 parameters always give the same split, and a different seed a different one.
+
+:func:`default_protocol` says which protocol fits a dataset when none is given.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import zipfile
@@ -32,7 +39,9 @@ from typing import Any
 import numpy as np
 
 from hashlearn.data.dataset import ImageDataset
+from hashlearn.data.datasets import DATASETS, load_all
 from hashlearn.data.sources import one_line
+from hashlearn.data.store import prepared_path, read_manifest
 from hashlearn.errors import InputError, NotFoundError
 from hashlearn.registry import Registry
 
@@ -77,6 +86,7 @@ class Split:
     seed: int = 0
     n_images: int = 0
     dataset: str | None = None
+    ids_sha256: str | None = None  # of the dataset's ids, in order: which images the indices point at
 
     def __post_init__(self) -> None:
         for key in SPLIT_PARTS:
@@ -90,6 +100,25 @@ class Split:
     def checksum(self) -> str:
         """sha256 of the four index arrays (little-endian int64, in the order query, train, val, database)."""
         return _checksum({key: getattr(self, key) for key in SPLIT_PARTS})
+
+    def check(self, ds: ImageDataset, where: str | Path | None = None) -> Split:
+        """``self`` if it was made for ``ds`` (same number of images and, when recorded, the same ids in
+        the same order), else :class:`InputError` naming the split (``where``, e.g. its file) and ``ds``."""
+        what = f"split file {where}" if where is not None else f"split {self.protocol!r}"
+        made_for = f"dataset {self.dataset!r}" if self.dataset else "another dataset"
+        if self.n_images != len(ds):
+            raise InputError(
+                f"{what} was made for {made_for} of {self.n_images:,} images, not {ds.name!r} of {len(ds):,}"
+            )
+        every = np.concatenate([getattr(self, k) for k in SPLIT_PARTS])
+        if len(every) and (every.min() < 0 or every.max() >= len(ds)):
+            raise InputError(f"{what} has indices outside 0..{len(ds) - 1} of dataset {ds.name!r}")
+        if self.ids_sha256 is not None and self.ids_sha256 != ids_digest(ds.ids):
+            raise InputError(
+                f"{what} was made for {made_for}, whose images differ from those of {ds.name!r} "
+                "(other ids, or another order); make the split again with hashlearn data split"
+            )
+        return self
 
     def model_selection(self) -> tuple[np.ndarray, np.ndarray]:
         """``(queries, database)`` for choosing models: ``val`` searched against ``train``."""
@@ -116,6 +145,8 @@ class Split:
         """Write to ``.json`` (readable lists) or ``.npz`` (compact); the checksum goes along."""
         path = check_split_path(path)
         meta = {"format": SPLIT_FORMAT, "version": 1, **self.describe()}
+        if self.ids_sha256 is not None:
+            meta["ids_sha256"] = self.ids_sha256
         tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # written whole, then renamed: never half a file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +189,7 @@ class Split:
                 seed=meta["seed"],
                 n_images=meta.get("n_images", 0),
                 dataset=meta.get("dataset"),
+                ids_sha256=meta.get("ids_sha256"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"split file {path} is malformed ({type(exc).__name__}: {one_line(exc)})") from None
@@ -193,7 +225,16 @@ class Protocol:
             seed=int(seed),
             n_images=len(ds),
             dataset=ds.name,
+            ids_sha256=ids_digest(ds.ids),
         )
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    """sha256 of a dataset's ids in order (UTF-8, one per line): identifies which images indices point at."""
+    h = hashlib.sha256()
+    for i in range(0, len(ids), 65536):
+        h.update(("\n".join(np.asarray(ids[i : i + 65536]).astype(str).tolist()) + "\n").encode())
+    return h.hexdigest()
 
 
 def _round(x: float) -> int:
@@ -220,6 +261,8 @@ class PerClassProtocol(Protocol):
     train_split : restrict training images to this official split.
     database_includes_train : database = all non-query images (``True``) or those minus training.
     val_fraction : share of each class's training images held out as ``val``.
+    val_split : when the dataset has images in this official split (e.g. ``"val"``), they are
+        ``val`` (all of them, none of them training) and ``val_fraction`` is not used.
     """
 
     name = "per-class"
@@ -235,17 +278,27 @@ class PerClassProtocol(Protocol):
         train_split: str | None = None,
         database_includes_train: bool = True,
         val_fraction: float = 0.1,
+        val_split: str | None = None,
     ):
+        who = name or self.name
         chosen = [v is not None for v in (query_per_class, query_fraction, query_split)]
         if sum(chosen) != 1:
             raise InputError("give exactly one of query_per_class, query_fraction, query_split")
-        if not 0 <= val_fraction < 1:
-            raise InputError(f"val_fraction must be in [0, 1), not {val_fraction}")
+        _check_count(who, "query_per_class", query_per_class)
+        _check_count(who, "train_per_class", train_per_class)
+        if query_fraction is not None and not (_is_number(query_fraction) and 0 < query_fraction <= 1):
+            raise InputError(f"protocol {who!r}: query_fraction must be in (0, 1], not {query_fraction!r}")
+        for key, value in (("query_split", query_split), ("train_split", train_split), ("val_split", val_split)):
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"protocol {who!r}: {key} must be the name of an official split, not {value!r}")
+        _check_flag(who, "database_includes_train", database_includes_train)
+        _check_val_fraction(val_fraction)
+        extra = {} if val_split is None else {"val_split": val_split}  # older splits' descriptions stay as they were
         super().__init__(
             name,
             query_per_class=query_per_class, query_fraction=query_fraction, query_split=query_split,
             train_per_class=train_per_class, train_split=train_split,
-            database_includes_train=database_includes_train, val_fraction=val_fraction,
+            database_includes_train=database_includes_train, val_fraction=val_fraction, **extra,
         )  # fmt: skip
 
     def split(self, ds: ImageDataset, seed: int = 0) -> Split:
@@ -273,10 +326,13 @@ class PerClassProtocol(Protocol):
                 parts.append(_take(rng, members, k, f"class {ds.class_names[c]!r} of {ds.name}"))
             query = np.concatenate(parts)
         pool = np.setdiff1d(np.arange(len(ds)), query)
+        official_val = None  # the source's own validation images, when the protocol uses them
+        if p.get("val_split") is not None and ds.official_split is not None:
+            found = pool[ds.official_split[pool] == p["val_split"]]
+            official_val = found if len(found) else None
+        pool_train = pool if official_val is None else np.setdiff1d(pool, official_val)
         if p["train_split"] is not None:
-            pool_train = pool[_official(ds, self.name)[pool] == p["train_split"]]
-        else:
-            pool_train = pool
+            pool_train = pool_train[_official(ds, self.name)[pool_train] == p["train_split"]]
         if p["train_per_class"] is None:
             train_all = pool_train
         else:
@@ -291,6 +347,9 @@ class PerClassProtocol(Protocol):
                     for c in classes
                 ]  # fmt: skip
             )
+        if official_val is not None:
+            database = pool if p["database_includes_train"] else np.setdiff1d(pool, np.union1d(train_all, official_val))
+            return self._make(ds, seed, query, train_all, official_val, database)
         database = pool if p["database_includes_train"] else np.setdiff1d(pool, train_all)
         val_parts = []
         for c in classes:
@@ -299,6 +358,27 @@ class PerClassProtocol(Protocol):
         val = np.concatenate(val_parts) if val_parts else np.array([], dtype=np.int64)
         train = np.setdiff1d(train_all, val)
         return self._make(ds, seed, query, train, val, database)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_count(protocol: str, key: str, value: Any, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InputError(f"protocol {protocol!r}: {key} must be a whole number >= 0, not {value!r}")
+
+
+def _check_flag(protocol: str, key: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"protocol {protocol!r}: {key} must be true or false, not {value!r}")
+
+
+def _check_val_fraction(value: Any) -> None:
+    if not (_is_number(value) and 0 <= value < 1):
+        raise InputError(f"val_fraction must be in [0, 1), not {value}")
 
 
 class PerLabelProtocol(Protocol):
@@ -325,8 +405,11 @@ class PerLabelProtocol(Protocol):
         database_includes_train: bool = True,
         val_fraction: float = 0.1,
     ):
-        if not 0 <= val_fraction < 1:
-            raise InputError(f"val_fraction must be in [0, 1), not {val_fraction}")
+        who = name or self.name
+        _check_count(who, "query_per_label", query_per_label, allow_none=False)
+        _check_count(who, "train_per_label", train_per_label, allow_none=False)
+        _check_flag(who, "database_includes_train", database_includes_train)
+        _check_val_fraction(val_fraction)
         super().__init__(
             name, query_per_label=query_per_label, train_per_label=train_per_label,
             database_includes_train=database_includes_train, val_fraction=val_fraction,
@@ -391,24 +474,63 @@ def cifar10_ii(val_fraction: float = 0.1) -> Protocol:
     return PerClassProtocol("cifar10-II", query_split="test", train_split="train", val_fraction=val_fraction)
 
 
-@register_protocol("per-class")
-def per_class(**params: Any) -> Protocol:
-    """Any labelled folder: queries per class (count, fraction, or the official test split), training per class."""
-    if not any(params.get(k) is not None for k in ("query_per_class", "query_fraction", "query_split")):
-        params["query_fraction"] = 0.1
-    return PerClassProtocol("per-class", **params)
+@register_protocol(
+    "per-class",
+    summary="Any single-label set: query_fraction (default 0.1), query_per_class or query_split queries per class; "
+    "training = the other images (or train_per_class of them); database = every non-query image",
+)
+def per_class(
+    *,
+    query_per_class: int | None = None,
+    query_fraction: float | None = None,
+    query_split: str | None = None,
+    train_per_class: int | None = None,
+    train_split: str | None = None,
+    database_includes_train: bool = True,
+    val_fraction: float = 0.1,
+    val_split: str | None = None,
+) -> Protocol:
+    """Any single-label set: queries per class, training from the rest (see :class:`PerClassProtocol`)."""
+    if query_per_class is None and query_fraction is None and query_split is None:
+        query_fraction = 0.1
+    return PerClassProtocol(
+        "per-class",
+        query_per_class=query_per_class, query_fraction=query_fraction, query_split=query_split,
+        train_per_class=train_per_class, train_split=train_split, database_includes_train=database_includes_train,
+        val_fraction=val_fraction, val_split=val_split,
+    )  # fmt: skip
 
 
-@register_protocol("official-split")
-def official_split(val_fraction: float = 0.1) -> Protocol:
-    """Queries = the official test split; training = database = the official training split."""
-    return PerClassProtocol("official-split", query_split="test", train_split="train", val_fraction=val_fraction)
+@register_protocol(
+    "official-split",
+    summary="Queries = the official test split; training = the official train split; val = the official val "
+    "split when there is one, else 10 % of train per class; database = every non-query image (train and val)",
+)
+def official_split(val_fraction: float = 0.1, val_split: str | None = "val") -> Protocol:
+    """The source's own split: queries = test, training = train, val = val when the source has one.
+
+    ``val_fraction`` of the training split (per class) is held out as ``val`` only when the
+    dataset has no images in official split ``val_split``. The database is every image that is
+    not a query: the training split and the validation split.
+    """
+    return PerClassProtocol(
+        "official-split", query_split="test", train_split="train", val_fraction=val_fraction, val_split=val_split
+    )
 
 
 @register_protocol("per-label")
-def per_label(**params: Any) -> Protocol:
+def per_label(
+    *,
+    query_per_label: int = 100,
+    train_per_label: int = 500,
+    database_includes_train: bool = True,
+    val_fraction: float = 0.1,
+) -> Protocol:
     """Multi-label: 100 queries and 500 training images per label, drawn label by label; rest database."""
-    return PerLabelProtocol("per-label", **params)
+    return PerLabelProtocol(
+        "per-label", query_per_label=query_per_label, train_per_label=train_per_label,
+        database_includes_train=database_includes_train, val_fraction=val_fraction,
+    )  # fmt: skip
 
 
 @register_protocol("nus-wide", query=2100, train=10500)
@@ -417,10 +539,90 @@ def nus_wide(val_fraction: float = 0.1) -> Protocol:
     return PerLabelProtocol("nus-wide", query_per_label=100, train_per_label=500, val_fraction=val_fraction)
 
 
-def get_protocol(name: str, **params: Any) -> Protocol:
-    """The protocol registered as ``name`` (case-insensitive), with ``params`` overriding its defaults."""
+def protocol_params(name: str) -> list[str]:
+    """The parameters protocol ``name`` takes (what ``--set KEY=VALUE`` / ``protocol_args`` may set)."""
     factory = PROTOCOLS.get(name)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in inspect.signature(factory).parameters.values() if p.kind in kinds]
+
+
+def get_protocol(name: str, **params: Any) -> Protocol:
+    """The protocol registered as ``name`` (case-insensitive), with ``params`` overriding its defaults.
+
+    A parameter the protocol does not take is an :class:`InputError` listing the ones it takes.
+    """
+    factory = PROTOCOLS.get(name)
+    valid = protocol_params(name)
+    unknown = [k for k in params if k not in valid]
+    if unknown:
+        takes = f"its parameters are {', '.join(valid)}" if valid else "it takes no parameters"
+        raise InputError(f"protocol {name!r} has no parameter {', '.join(map(repr, unknown))}; {takes}")
     try:
         return factory(**params)
     except TypeError as exc:
         raise InputError(f"protocol {name!r}: {one_line(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The default protocol of a dataset
+# --------------------------------------------------------------------------------------------
+
+#: How :func:`default_protocol` decides, in words (``hashlearn data list`` prints it).
+DEFAULT_PROTOCOL_RULE = (
+    "the dataset's own protocol where it has one (cifar10 -> cifar10-1, nus-wide -> nus-wide); otherwise "
+    "multi-label -> per-label, official train and test splits -> official-split, anything else -> per-class"
+)
+
+
+def protocol_for_content(multilabel: bool, splits: Any) -> str:
+    """The protocol that fits a dataset of this kind: ``per-label``, ``official-split`` or ``per-class``."""
+    if multilabel:
+        return "per-label"
+    if {"train", "test"} <= set(splits or ()):
+        return "official-split"
+    return "per-class"
+
+
+def default_protocol(
+    dataset: str | ImageDataset, *, cache_dir: str | Path | None = None, size: int | None = None
+) -> str:
+    """The protocol to use on ``dataset`` when none is given (``hashlearn train`` without ``--protocol``).
+
+    The rule (:data:`DEFAULT_PROTOCOL_RULE`): the protocol a dataset is registered with
+    (``cifar10`` → ``cifar10-1``, ``nus-wide`` → ``nus-wide``), also for a copy prepared under
+    another name; otherwise from its content: multi-label → ``per-label``; an official split with
+    both ``train`` and ``test`` images → ``official-split``; anything else → ``per-class``.
+
+    ``dataset`` is an :class:`ImageDataset` (its content decides), or a name: a registered
+    dataset with its own protocol, or a prepared dataset (its manifest decides; ``cache_dir`` and
+    ``size`` find it). A name that is neither, or a dataset whose protocol depends on a source
+    not prepared yet (``folder``, ``mnist``, …), is an :class:`InputError` saying what to do.
+    """
+    load_all()
+
+    def registered(family: Any) -> str | None:
+        return DATASETS.info(family).get("protocol") if isinstance(family, str) and family in DATASETS else None
+
+    if isinstance(dataset, ImageDataset):
+        fixed = registered(dataset.info.get("dataset")) or registered(dataset.name)
+        splits = () if dataset.official_split is None else np.unique(dataset.official_split).tolist()
+        return fixed or protocol_for_content(dataset.multilabel, splits)
+    name = str(dataset)
+    if registered(name):
+        return registered(name)  # type: ignore[return-value]
+    try:
+        manifest = read_manifest(name, cache_dir, size)
+    except NotFoundError:
+        where = prepared_path(name, cache_dir, size).parent
+        if name in DATASETS:
+            raise InputError(
+                f"dataset {name!r} has no default protocol until it is prepared (it depends on its images: "
+                f"{DEFAULT_PROTOCOL_RULE.split('; otherwise ')[1]}); run: hashlearn data prepare {name}, "
+                "or pass --protocol NAME"
+            ) from None
+        raise InputError(
+            f"dataset {name!r} is neither a registered dataset nor prepared in {where}, so no protocol fits it; "
+            "prepare it (hashlearn data prepare) or pass --protocol NAME"
+        ) from None
+    fixed = registered(manifest.get("dataset"))
+    return fixed or protocol_for_content(bool(manifest.get("multilabel")), manifest.get("per_split") or {})

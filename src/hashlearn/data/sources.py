@@ -7,14 +7,16 @@ read in one sequential pass (gzip cannot seek cheaply), keeping only the files a
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from hashlearn.data.images import decode_image, is_image_name, max_image_pixels, resize_and_crop
+from hashlearn.data.images import decode_image, is_grey_image, is_image_name, max_image_pixels, resize_and_crop
 from hashlearn.errors import InputError, NotFoundError
 
 #: ``alloc(shape) -> array``: where a loader puts decoded images (``np.empty`` in memory, a
@@ -138,12 +140,40 @@ class FileTree:
         except OSError as exc:
             raise InputError(f"cannot read {self.where(relpath)}: {exc.strerror or exc}") from None
 
+    def open(self, relpath: str) -> BinaryIO:
+        """A binary file object of ``relpath`` (read lazily for folders), or :class:`InputError`."""
+        if self._blobs is not None:
+            return io.BytesIO(self.read(relpath))
+        try:
+            return open(self.source / relpath, "rb")
+        except OSError as exc:
+            raise InputError(f"cannot read {self.where(relpath)}: {exc.strerror or exc}") from None
+
     def where(self, relpath: str) -> str:
         """How to name a file in a message: a path, or ``member in archive``."""
         return f"{relpath} in {self.source}" if self._blobs is not None else str(self.source / relpath)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def detect_mode(tree: FileTree, relpaths: list[str]) -> str:
+    """``"L"`` when every readable image of ``relpaths`` is single-channel (grey), else ``"RGB"``.
+
+    Only headers are read (a folder's files are opened, not read whole). An unreadable header
+    does not count either way: decoding reports the file (or skips it with ``skip_bad``).
+    """
+    seen_grey = False
+    for rel in relpaths:
+        try:
+            with tree.open(rel) as f:
+                grey = is_grey_image(f)
+        except InputError:
+            continue
+        if grey is False:
+            return "RGB"
+        seen_grey = seen_grey or bool(grey)
+    return "L" if seen_grey else "RGB"
 
 
 def decode_files(
