@@ -150,3 +150,81 @@ def test_bad_bits_and_unfitted_and_wrong_width():
 
 def test_repr_and_params():
     assert repr(ITQ(bits=8, random_state=1)) == "ITQ(bits=8, n_iter=50, random_state=1)"
+
+
+# -- stored as arrays + JSON, never pickled ------------------------------------------------------
+
+@pytest.mark.parametrize("cls", ALL)
+def test_state_round_trip_gives_the_same_codes(cls, blobs, tmp_path):
+    from hashlearn.methods.shallow import load_hasher, save_hasher
+
+    X, _ = blobs
+    model = cls(bits=12, random_state=4).fit(X)
+    state = model.get_state()
+    assert state["method"] == cls.__name__.lower() and state["params"]["bits"] == 12
+    assert all(isinstance(v, np.ndarray) and v.dtype.kind in "if" for v in state["arrays"].values())
+    again = cls.from_state(state)
+    np.testing.assert_array_equal(again.encode(X), model.encode(X))
+    path = save_hasher(model, tmp_path / "model.npz")
+    with np.load(path, allow_pickle=False) as z:  # plain arrays only
+        assert {z[k].dtype.kind for k in z.files} <= {"i", "f", "U"}
+    loaded = load_hasher(path)
+    assert type(loaded) is cls and loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.encode(X), model.encode(X))
+
+
+def test_unfitted_model_has_no_state():
+    with pytest.raises(HashlearnError, match="not fitted"):
+        ITQ(bits=8).get_state()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s["arrays"].pop("rotation_"), "rotation_.*missing"),
+    (lambda s: s["arrays"].update(rotation_=np.eye(5)), "rotation_ has shape"),
+    (lambda s: s["arrays"].update(mean_=np.full(32, np.nan)), "NaN"),
+    (lambda s: s["arrays"].update(components_=np.array([["a"]])), "numeric"),
+    (lambda s: s["arrays"].update(n_features_in_=np.array(7)), "n_features_in_"),
+    (lambda s: s["params"].update(bits=8.0), "bits"),
+    (lambda s: s["params"].update(nope=1), "do not fit ITQ"),
+])
+def test_damaged_state_is_refused(blobs, damage, message):
+    state = ITQ(bits=8, random_state=0).fit(blobs[0]).get_state()
+    damage(state)
+    with pytest.raises(InputError, match=message):
+        ITQ.from_state(state)
+
+
+def test_sh_modes_must_name_existing_directions(blobs):
+    state = SH(bits=6).fit(blobs[0]).get_state()
+    state["arrays"]["modes_"] = state["arrays"]["modes_"].copy()
+    state["arrays"]["modes_"][0, 0] = 99
+    with pytest.raises(InputError, match="modes_"):
+        SH.from_state(state)
+
+
+def test_load_hasher_never_unpickles(tmp_path):
+    import pickle
+
+    from hashlearn.methods.shallow import load_hasher
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "pickle.npz").write_bytes(pickle.dumps(Payload()))
+    arr = np.empty(1, dtype=object)
+    arr[0] = Payload()
+    np.savez(tmp_path / "objects.npz", __meta__=arr)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "truncated.npz").write_bytes(b"PK\x03\x04junk")
+    for name in ("pickle.npz", "objects.npz", "single.npy", "truncated.npz"):
+        with pytest.raises(InputError, match="not a hashlearn shallow model"):
+            load_hasher(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_random_state_must_be_a_seed():
+    with pytest.raises(InputError, match="random_state"):
+        LSH(bits=8, random_state=-1).fit(np.zeros((4, 3)) + np.arange(3))

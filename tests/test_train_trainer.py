@@ -85,7 +85,7 @@ def test_best_epoch_is_chosen_by_validation_and_early_stopping(data, tmp_path):
                 evaluator=lambda *a: next(scores))[0]
     assert res["best_epoch"] == 1 and res["val_mAP"] == 0.9
     assert res["epochs_run"] == 3 and res["stopped_early"]
-    best = torch.load(tmp_path / "8bits/best.pt", weights_only=False)
+    best = torch.load(tmp_path / "8bits/best.pt", weights_only=True)
     assert best["epoch"] == 1
 
 
@@ -130,7 +130,7 @@ def test_hooks_are_called_with_batch_indices(data, tmp_path):
     assert seen == list(range(n_batches * 16)) or set(seen) <= set(range(len(split.train)))
     assert len(set(seen)) == n_batches * 16  # each training image at most once per epoch
     assert ("epoch_end", 2, (len(split.train), 8)) in method.calls
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert torch.equal(ckpt["method_state"]["V"], method.codes_v)  # the method's state is checkpointed
 
 
@@ -140,7 +140,7 @@ def test_frozen_mode_trains_heads_on_cached_features(data, tmp_path, monkeypatch
     res = train(tiny_config(**{"frozen": "true", "method": "dmsh", "method_args": "{mid_channels: 8}"}),
                 dataset=ds, split=split, out=tmp_path / "run")[0]
     assert res["frozen"] and 0 <= res["mAP@all"] <= 1
-    state = torch.load(tmp_path / "run/8bits/best.pt", weights_only=False)["model"]
+    state = torch.load(tmp_path / "run/8bits/best.pt", weights_only=True)["model"]
     assert state and all(k.startswith("head.") for k in state)  # the backbone is not trained or saved
 
 
@@ -183,17 +183,17 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     ckpt = killed / "8bits" / "checkpoint.pt"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 1:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 1:
             break
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    stopped_at = torch.load(ckpt, weights_only=False)["epoch"]
+    stopped_at = torch.load(ckpt, weights_only=True)["epoch"]
     assert stopped_at < 4, "the run finished before it could be killed"
     subprocess.run([sys.executable, str(script), str(killed)], check=True, env=env, timeout=300)
 
-    a = torch.load(full / "8bits/checkpoint.pt", weights_only=False)
-    b = torch.load(killed / "8bits/checkpoint.pt", weights_only=False)
+    a = torch.load(full / "8bits/checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "8bits/checkpoint.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -201,3 +201,27 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
                           load_codes(killed / "8bits/database_codes.npz").packed)
     log = [json.loads(x) for x in (killed / "8bits/log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+
+
+def test_validate_config_checks_and_normalises():
+    from hashlearn.train.config import parse_bits, validate_config
+
+    cfg = validate_config({**load_config(), "bits": "12,24", "optim": {**load_config()["optim"], "lr": "1e-3"}})
+    assert cfg["bits"] == [12, 24] and cfg["optim"]["lr"] == 1e-3
+    assert parse_bits(32) == [32] and parse_bits([8, 1024]) == [8, 1024]
+    for bad, message in ((7, "out of range"), (True, "whole number"), ("1.5", "whole number"), ([], "no code length"),
+                         ([16, 16], "twice")):
+        with pytest.raises(InputError, match=message):
+            parse_bits(bad)
+    with pytest.raises(InputError, match=r"train.epochs: expected an integer from 1"):
+        load_config(overrides=["train.epochs=0"])
+    with pytest.raises(InputError, match="c.yaml: optim.lr"):
+        validate_config({**load_config(), "optim": {"lr": float("inf")}}, where="c.yaml")
+
+
+def test_checkpoints_hold_only_what_weights_only_reads():
+    from hashlearn.train.trainer import _check_plain
+
+    _check_plain({"a": [torch.zeros(2), 1, 2.0, "x", None, (True,)], "b": {"c": torch.ones(1)}}, "checkpoint.pt")
+    with pytest.raises(TypeError, match=r"checkpoint.pt\['method_state'\].*ndarray.*torch.from_numpy"):
+        _check_plain({"method_state": np.zeros(3)}, "checkpoint.pt")

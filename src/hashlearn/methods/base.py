@@ -203,6 +203,8 @@ class PairwiseMethod(Method):
     def __init__(self, bits: int, memory: int = 0):
         super().__init__(bits)
         self.memory = int(memory)
+        if self.memory < 0:
+            raise InputError(f"memory must be >= 0 (0 = no memory of recent codes), got {memory}")
         self._memory = CodeMemory(self.memory) if self.memory > 0 else None
 
     def pair_loss(self, u: Tensor, labels: Tensor, focal_gamma: float = 0.0, balance: bool = False) -> Tensor:

@@ -3,7 +3,8 @@
 * :func:`train` — ``hashlearn train`` as a function (one run folder per code length);
 * :func:`load_config` — packaged defaults ← YAML file ← ``key=value`` overrides;
 * :class:`Trainer` — the loop (checkpoint/resume, validation-based selection, hooks);
-* :func:`encode_images` / :func:`encode_dataset` — codes from a finished run.
+* :func:`load_run` — the one way a trained hasher is loaded from a run folder (never unpickled);
+* :func:`encode_images` / :func:`encode_files` / :func:`encode_dataset` — codes from a finished run.
 
 Heavy imports (torch) happen on first use, so ``import hashlearn.train`` is cheap.
 """
@@ -18,11 +19,14 @@ _EXPORTS = {
     "load_config": "hashlearn.train.config",
     "apply_overrides": "hashlearn.train.config",
     "save_config": "hashlearn.train.config",
+    "validate_config": "hashlearn.train.config",
     "Trainer": "hashlearn.train.trainer",
     "TrainState": "hashlearn.train.trainer",
     "HashModel": "hashlearn.train.trainer",
     "make_validation_evaluator": "hashlearn.train.trainer",
+    "load_run": "hashlearn.train.encode",
     "encode_images": "hashlearn.train.encode",
+    "encode_files": "hashlearn.train.encode",
     "encode_dataset": "hashlearn.train.encode",
     "RunEncoder": "hashlearn.train.encode",
     "run_demo": "hashlearn.train.demo",

@@ -2,6 +2,59 @@
 
 from __future__ import annotations
 
+import argparse
+import math
+
+
+def _int_arg(lo: int, hi: int | None = None):
+    """argparse type: an integer in [lo, hi]; anything else is a one-line usage error naming the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"expected an integer {span}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _bits_arg(text: str) -> list[int]:
+    from hashlearn.errors import InputError
+    from hashlearn.train.config import parse_bits
+
+    try:
+        return parse_bits(text, where="bits")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("bits: ")) from None
+
+
+def _one_bits_arg(text: str) -> int:
+    bits = _bits_arg(text)
+    if len(bits) != 1:
+        raise argparse.ArgumentTypeError(f"expected one code length, got {text!r}")
+    return bits[0]
+
+
+def _threads_arg(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        return _int_arg(1, 4096)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer from 1 to 4096, got {text!r}") from None
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -14,21 +67,22 @@ def register(sub) -> None:
     p.add_argument("--method", help="method name (see: hashlearn methods); default dmsh")
     p.add_argument("--dataset", help="dataset name (see: hashlearn data list)")
     p.add_argument("--protocol", help="split protocol (see: hashlearn data protocols), e.g. cifar10-1")
-    p.add_argument("--bits", help="code length(s), comma-separated, e.g. 12,24,32,48")
+    p.add_argument("--bits", type=_bits_arg, help="code length(s) from 8 to 1024, comma-separated, e.g. 12,24,32,48")
     p.add_argument("--backbone", help="backbone name, e.g. smallcnn, efficientnet_lite0, vgg19")
     p.add_argument("--weights", help="backbone weights: default | none | PATH")
     p.add_argument("--frozen", action="store_true", default=None,
                    help="train the heads on cached pooled features of a frozen backbone")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate of the heads (optim.lr)")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--limit", type=int, help="at most N images of each split (quick runs)")
+    p.add_argument("--epochs", type=_int_arg(1, 100_000))
+    p.add_argument("--batch-size", type=_int_arg(2))
+    p.add_argument("--lr", type=_positive_float, help="learning rate of the heads (optim.lr)")
+    p.add_argument("--image-size", type=_int_arg(8, 1024))
+    p.add_argument("--limit", type=_int_arg(1), help="at most N images of each split (quick runs)")
     p.add_argument("--config", help="YAML file of settings (see hashlearn/configs/default.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set optim.lr=1e-3 --set method_args.focal_gamma=2 (repeatable)")
-    p.add_argument("--out", help="output folder (default runs/METHOD-DATASET)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="output folder (default runs/METHOD-DATASET): new, empty, or an earlier "
+                                  "training output, which is resumed")
+    p.add_argument("--seed", type=_int_arg(0, 2**32 - 1))
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
@@ -40,6 +94,8 @@ def register(sub) -> None:
     src.add_argument("--dataset", help="encode every image of this dataset")
     src.add_argument("--images", help="encode every image file under this folder (ids = relative paths)")
     e.add_argument("--out", required=True, help="output .npz")
+    e.add_argument("--skip-bad", action="store_true",
+                   help="with --images: skip unreadable images (listed on stderr) instead of failing")
     e.set_defaults(func=cmd_encode)
 
     m = sub.add_parser("methods", help="list the hashing methods (deep and shallow) and their papers")
@@ -55,15 +111,15 @@ def register(sub) -> None:
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--dataset", help="force a dataset: cifar10, fashion-mnist or digits")
     d.add_argument("--quick", action="store_true", help="a shortened run (small subsets, 1 epoch)")
-    d.add_argument("--epochs", type=int, help="training epochs (default 6; 1 with --quick)")
-    d.add_argument("--database", type=int, default=0,
+    d.add_argument("--epochs", type=_int_arg(1, 100_000), help="training epochs (default 6; 1 with --quick)")
+    d.add_argument("--database", type=_int_arg(0), default=0,
                    help="encode and search only a seeded random N of the protocol's database (default 0 = all)")
-    d.add_argument("--limit", type=int, help="at most N images of each split")
+    d.add_argument("--limit", type=_int_arg(1), help="at most N images of each split")
     d.add_argument("--methods", default="dmsh,dpsh", help="comma-separated methods (default dmsh,dpsh)")
-    d.add_argument("--bits", type=int, default=32)
-    d.add_argument("--threads", default="auto",
+    d.add_argument("--bits", type=_one_bits_arg, default=32, help="code length from 8 to 1024 (default 32)")
+    d.add_argument("--threads", type=_threads_arg, default="auto",
                    help="torch CPU threads: auto (1 when the CPU is already busy, else torch's default) or N")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_int_arg(0, 2**32 - 1), default=0)
     d.set_defaults(func=cmd_demo)
 
 
@@ -79,7 +135,7 @@ def _config_from_args(args):
     }
     pre = [f"{k}={v}" for k, v in direct.items() if v is not None]
     if args.bits:
-        pre.append(f"bits=[{args.bits}]")
+        pre.append(f"bits={list(args.bits)}")
     if args.frozen:
         pre.append("frozen=true")
     if args.quiet:
@@ -97,17 +153,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_encode(args) -> int:
+    import sys
     from pathlib import Path
 
-    from hashlearn.codes import save_codes
+    from hashlearn.codes import pack_bits, save_codes
     from hashlearn.errors import InputError, NotFoundError
-    from hashlearn.train.encode import encode_dataset, encode_images
+    from hashlearn.train.encode import encode_dataset, encode_files, load_run
+    from hashlearn.train.runfolder import probe_writable
 
-    if args.dataset:
-        from hashlearn.train.run import load_data
-
-        packed, bits, ids = encode_dataset(args.run, load_data(args.dataset), progress=True)
-    else:
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a folder; give a file name such as codes.npz")
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+    probe_writable(parent, "--out", target=out)  # a read-only place fails now, not after encoding everything
+    if args.skip_bad and not args.images:
+        raise InputError("--skip-bad applies to --images only")
+    if args.images:
         from hashlearn.data.images import is_image_name
 
         root = Path(args.images)
@@ -116,9 +177,22 @@ def cmd_encode(args) -> int:
         files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
         if not files:
             raise InputError(f"--images {root}: no image files found")
-        packed, bits = encode_images(args.run, files)
-        ids = [str(p.relative_to(root)) for p in files]
-    path = save_codes(args.out, packed, bits, ids=ids)
+    enc = load_run(args.run)
+    if args.dataset:
+        from hashlearn.train.run import load_data
+
+        packed, bits, ids = encode_dataset(enc, load_data(args.dataset), progress=sys.stderr.isatty())
+    else:
+        codes, kept, skipped = encode_files(enc, files, skip_bad=args.skip_bad)
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable image(s) of {len(files)}:", file=sys.stderr)
+            for _, reason in skipped:
+                print(f"  {reason}", file=sys.stderr)
+        if not kept:
+            raise InputError(f"--images {root}: none of the {len(files)} image files could be read")
+        packed, bits = pack_bits(codes), enc.bits
+        ids = [str(p.relative_to(root)) for p in kept]
+    path = save_codes(out, packed, bits, ids=ids)
     print(f"{len(packed)} codes of {bits} bits -> {path}")
     return 0
 

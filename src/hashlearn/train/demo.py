@@ -21,7 +21,6 @@ shortens everything (subsets, one epoch) for tests.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashlearn.errors import HashlearnError
+from hashlearn.errors import HashlearnError, InputError
 
 DEMO_EPOCHS = 6
 #: database images encoded and searched (a seeded random subset of the protocol's database; 0 = all)
@@ -43,6 +42,25 @@ DEMO_PROTOCOLS = {
     "digits": ("per-class", {"query_per_class": 20, "train_per_class": 80},
                "per-class: 20 queries + 80 training images per class; database = non-queries"),
 }
+
+
+#: what a demo writes into its --out folder (besides one folder per method)
+DEMO_FILES = ("pr_curves.png", "queries.png", "summary.md", "demo.json")
+
+
+def check_demo_out(out: Path, methods) -> None:
+    """``demo --out`` must be new, empty or an earlier demo output: the demo never writes its
+    files (or method folders) into a folder of other things."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if (out / "demo.json").is_file():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES and p.name not in methods)
+    if others:
+        raise InputError(f"--out {out}: the folder exists, is not empty and is not a hashlearn demo output (it holds "
+                         f"{others[0]!r}{' and more' if len(others) > 1 else ''}); pick a new or empty folder")
 
 
 def _say(text: str) -> None:
@@ -108,11 +126,21 @@ def run_demo(out: str | Path = "runs/demo", dataset: str | None = None, quick: b
     """Run the demo; returns ``{"dataset", "results": {method: metrics}, "files": [...], "seconds"}``."""
     from hashlearn.eval import evaluate, plot_curves
     from hashlearn.train.run import make_split, summary_markdown, train
+    from hashlearn.train.runfolder import probe_writable, write_json_atomic, write_text_atomic
 
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    methods = list(methods)
+    if not methods:
+        raise InputError("--methods: no method given")
+    from hashlearn.methods import get_method
+
+    for method in methods:
+        get_method(method)  # an unknown name fails before any work
+    check_demo_out(out, methods)
     name, ds = pick_dataset(dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    probe_writable(out)
     import torch
 
     threads = auto_threads() if threads == "auto" else (int(threads) if threads else None)
@@ -151,14 +179,14 @@ def run_demo(out: str | Path = "runs/demo", dataset: str | None = None, quick: b
     first = next(iter(evals))
     files.append(_query_picture(ds, *evals[first][1:], out / "queries.png", title=first))
     table = summary_markdown(list(results.values()))
-    (out / "summary.md").write_text(table + "\n")
+    write_text_atomic(out / "summary.md", table + "\n")
     seconds = time.perf_counter() - t0
     summary = {"dataset": name, "protocol": description, "bits": bits, "epochs": epochs, "limit": limit,
                "seconds": round(seconds, 1),
                "results": {k: {kk: v[kk] for kk in v if kk.startswith(("mAP@", "P@r", "training_seconds"))}
                            for k, v in results.items()},
                "files": [str(f) for f in files]}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "demo.json", summary)
     print(f"\nhashlearn demo — {name}, {description}, {bits} bits, smallcnn, {epochs} epoch(s)\n")
     print(table)
     print(f"\nplots: {files[0]}, {files[1]}\nruns:  {', '.join(str(out / m) for m in results)}\n"

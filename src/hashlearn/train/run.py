@@ -6,14 +6,17 @@ Run folder (``OUT/<bits>bits/``)::
     run.json              what encoding new images needs (kind, taps, image size, channels)
     checkpoint.pt         last epoch (deep methods; resumable)
     best.pt               weights selected by validation mAP (deep methods)
-    model.pkl             the fitted model (shallow methods)
+    model.npz             the fitted model (shallow methods): arrays + JSON parameters, never a pickle
     log.jsonl             one line per epoch
     query_codes.npz       packed query codes + ids      (hashlearn.codes.save_codes)
     database_codes.npz    packed database codes + ids
     metrics.json          every figure + protocol, sizes, R, relevance and tie rules, seed,
                           code length, training seconds and images/s
 
-and ``OUT/summary.json`` / ``OUT/summary.md`` for the whole command.
+and ``OUT/summary.json`` / ``OUT/summary.md`` for the whole command. ``OUT`` must be new,
+empty or an earlier training output (:func:`hashlearn.train.runfolder.check_out_root`); every
+file is written to a temporary name and renamed. Nothing here ever deletes a file it did
+not write.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -30,8 +32,17 @@ from typing import Any
 import numpy as np
 
 from hashlearn.codes import sign
-from hashlearn.errors import HashlearnError, InputError
-from hashlearn.train.config import save_config
+from hashlearn.errors import HashlearnError, InputError, NotFoundError
+from hashlearn.train.config import save_config, validate_config
+from hashlearn.train.runfolder import (
+    MODEL_FILE,
+    check_out_root,
+    check_run_dir_for_training,
+    probe_writable,
+    short_reason,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def _say(text: str, progress: bool = True) -> None:
@@ -41,11 +52,13 @@ def _say(text: str, progress: bool = True) -> None:
 
 def load_data(name: str, progress: bool = True):
     """The prepared (memory-mapped) dataset ``name``, preparing it first when needed."""
-    from hashlearn.data import open_prepared, prepare
+    from hashlearn.data import DATASETS, open_prepared, prepare
 
     try:
         return open_prepared(name)
-    except HashlearnError:
+    except HashlearnError as exc:
+        if name not in DATASETS:  # neither prepared (e.g. with --as) nor a dataset hashlearn can prepare
+            raise NotFoundError(f"unknown dataset {name!r} ({exc}); known: {', '.join(DATASETS.names())}") from None
         _say(f"preparing dataset {name} (once; cached for later runs)", progress)
         return prepare(name, progress=progress)
 
@@ -55,7 +68,31 @@ def make_split(dataset, protocol: str | None, seed: int, protocol_args: dict | N
 
     if not protocol:
         raise InputError("no protocol given; pass --protocol NAME (see: hashlearn data protocols)")
-    return get_protocol(protocol, **(protocol_args or {})).split(dataset, seed=seed)
+    try:
+        return get_protocol(protocol, **(protocol_args or {})).split(dataset, seed=seed)
+    except (TypeError, ValueError) as exc:  # e.g. a count given as text
+        if isinstance(exc, HashlearnError):
+            raise
+        raise InputError(f"protocol_args {protocol_args}: do not fit protocol {protocol!r} ({short_reason(exc)})") \
+            from None
+
+
+def build_method(cls, bits: int, args: dict | None, where: str = "method_args"):
+    """``cls(bits=bits, **args)``, with arguments that do not fit the constructor as one-line errors."""
+    args = dict(args or {})
+    name = getattr(cls, "__name__", str(cls))
+    if "bits" in args:
+        raise InputError(f"{where}.bits: set the code length with bits (--bits), not in {where}")
+    try:
+        inspect.signature(cls).bind(bits=bits, **args)
+    except TypeError as exc:
+        raise InputError(f"{where} {args}: do not fit {name} ({exc})") from None
+    try:
+        return cls(bits=bits, **args)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, HashlearnError):
+            raise
+        raise InputError(f"{where} {args}: {name} refuses them ({short_reason(exc)})") from None
 
 
 def _limit(idx: np.ndarray, limit: int | None, seed: int, salt: int) -> np.ndarray:
@@ -107,13 +144,27 @@ def backbone_args_for(config: dict, dataset) -> dict:
     return args
 
 
-def build_backbone(config: dict, method, backbone_args: dict):
+def create_backbone_checked(config: dict, backbone_args: dict, where: str = "backbone_args"):
+    """``create_backbone`` with constructor arguments that do not fit as one-line errors."""
     from hashlearn.nn import create_backbone
 
-    backbone = create_backbone(config["backbone"], weights=config.get("weights", "default"), taps=None,
+    try:
+        return create_backbone(config["backbone"], weights=config.get("weights") or "default", taps=None,
                                seed=int(config.get("seed", 0)), **backbone_args)
-    taps = method.taps(list(backbone.default_taps))
-    backbone._set_taps(taps)  # the backbone returns exactly the maps the method reads
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, HashlearnError):
+            raise
+        raise InputError(f"{where} {backbone_args}: do not fit backbone {config['backbone']!r} "
+                         f"({short_reason(exc)})") from None
+
+
+def build_backbone(config: dict, method, backbone_args: dict):
+    backbone = create_backbone_checked(config, backbone_args)
+    try:
+        taps = list(method.taps(list(backbone.default_taps)))
+    except TypeError as exc:
+        raise InputError(f"method_args: bad taps for {type(method).__name__} ({short_reason(exc)})") from None
+    backbone.set_taps(taps)  # the backbone returns exactly the maps the method reads
     return backbone, taps
 
 
@@ -125,7 +176,7 @@ def train(config: dict, dataset=None, split=None, out: str | Path | None = None,
     metrics dict per code length (as written to ``metrics.json``)."""
     from hashlearn.methods import get_method, load_all
 
-    config = copy.deepcopy(config)
+    config = validate_config(config)
     progress = bool(config["train"].get("progress", True)) if progress is None else progress
     config["train"]["progress"] = progress
     registry = load_all()
@@ -133,6 +184,13 @@ def train(config: dict, dataset=None, split=None, out: str | Path | None = None,
     cls = get_method(method_name)
     kind = registry.info(method_name).get("kind", "deep")
     seed = int(config.get("seed", 0))
+    bits_list = config["bits"]  # validated: whole numbers in the index's range
+    out_root = Path(out or config.get("out") or f"runs/{method_name}-{config['dataset']}")
+    # refuse a folder that is not ours, and a read-only place, before any work
+    check_out_root(out_root)
+    for bits in bits_list:
+        check_run_dir_for_training(out_root / f"{bits}bits")
+    probe_writable(next((p for p in (out_root, *out_root.parents) if p.exists()), Path(".")), target=out_root)
     if dataset is None:
         dataset = load_data(config["dataset"], progress)
     if split is None:
@@ -140,9 +198,7 @@ def train(config: dict, dataset=None, split=None, out: str | Path | None = None,
     limit = (config.get("data") or {}).get("limit")
     parts = {k: _limit(getattr(split, k), limit, seed, i) for i, k in enumerate(("query", "train", "val", "database"))}
     describe = split.describe() if hasattr(split, "describe") else {}
-    bits_list = config["bits"] if isinstance(config["bits"], (list, tuple)) else [config["bits"]]
-    bits_list = [int(b) for b in (bits_list if not isinstance(bits_list, str) else bits_list.split(","))]
-    out_root = Path(out or config.get("out") or f"runs/{method_name}-{config['dataset']}")
+    out_root.mkdir(parents=True, exist_ok=True)
     _say(f"hashlearn train: method {method_name} ({kind}), dataset {getattr(dataset, 'name', config['dataset'])} "
          f"({len(dataset)} images), protocol {config.get('protocol')}: "
          + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
@@ -155,7 +211,8 @@ def train(config: dict, dataset=None, split=None, out: str | Path | None = None,
         run_cfg["method"] = method_name
         run_dir = out_root / f"{bits}bits"
         run_dir.mkdir(parents=True, exist_ok=True)
-        method = cls(bits=bits, **(run_cfg.get("method_args") or {})) if kind == "deep" else None
+        probe_writable(run_dir)
+        method = build_method(cls, bits, run_cfg.get("method_args")) if kind == "deep" else None
         if kind == "deep":
             info = _train_deep(run_cfg, method, dataset, parts, run_dir, resume, evaluator, progress)
         else:
@@ -171,8 +228,8 @@ def train(config: dict, dataset=None, split=None, out: str | Path | None = None,
         _say(f"{bits} bits: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in metrics if k.startswith("mAP@"))
              + f" ({run_dir})", progress)
     table = summary_markdown(results)
-    (out_root / "summary.md").write_text(table + "\n")
-    (out_root / "summary.json").write_text(json.dumps(
+    write_text_atomic(out_root / "summary.md", table + "\n")
+    write_text_atomic(out_root / "summary.json", json.dumps(
         [{k: v for k, v in r.items() if k != "curves"} for r in results], indent=2, default=_default))
     return results
 
@@ -220,7 +277,7 @@ def _train_deep(cfg, method, dataset, parts, run_dir: Path, resume, evaluator, p
                 "channels": int(dataset.images.shape[-1]), "method_hparams": method.hparams()}
     cfg["method_args"] = {**(cfg.get("method_args") or {})}
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+    write_json_atomic(run_dir / "run.json", run_info)
     features = None
     if cfg.get("frozen"):
         fbs = int(cfg["train"].get("feature_batch_size", 256))
@@ -294,20 +351,22 @@ def _fit_shallow(cfg, cls, dataset, parts, run_dir: Path, progress) -> dict:
         get = lambda idx: np.asarray(feats[idx], dtype=np.float32)  # noqa: E731
     else:
         get = lambda idx: pixels(dataset.images[np.sort(idx)][np.argsort(np.argsort(idx))])  # noqa: E731
-    kwargs = {"bits": int(cfg["bits"]), **(cfg.get("method_args") or {})}
-    if "random_state" in inspect.signature(cls.__init__).parameters and "random_state" not in kwargs:
-        kwargs["random_state"] = seed
-    model = cls(**kwargs)
+    args = dict(cfg.get("method_args") or {})
+    if "random_state" in inspect.signature(cls.__init__).parameters and "random_state" not in args:
+        args["random_state"] = seed
+    model = build_method(cls, int(cfg["bits"]), args)
+    kwargs = {"bits": int(cfg["bits"]), **args}
     run_info = {"kind": "shallow", "features": choice, "image_size": size or int(dataset.images.shape[1]),
                 "channels": int(dataset.images.shape[-1]), "method_hparams": _jsonable(kwargs)}
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+    write_json_atomic(run_dir / "run.json", run_info)
     x_train = get(parts["train"])
     t0 = time.perf_counter()
     model.fit(x_train, _labels(dataset, parts["train"]))
     seconds = time.perf_counter() - t0
-    with open(run_dir / "model.pkl", "wb") as f:
-        pickle.dump(model, f)
+    from hashlearn.methods.shallow import save_hasher
+
+    save_hasher(model, run_dir / MODEL_FILE)  # arrays + JSON, never a pickle
     codes = {name: np.asarray(model.encode(get(parts[name]))) for name in ("query", "database")}
     return {"codes": codes, "features": choice, "backbone": cfg["backbone"] if choice == "backbone" else None,
             "training_seconds": round(seconds, 3), "images_per_second": round(len(x_train) / max(seconds, 1e-9), 1),
@@ -327,7 +386,7 @@ def _final_eval(cfg, info: dict, dataset, parts, run_dir: Path) -> dict:
     metrics = {**info, **result.to_dict(curves=True)}
     metrics["tie_rule"] = metrics.get("ties")
     metrics = _jsonable(metrics)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -6,11 +6,15 @@
   (:func:`pooled_features`); the head trains on ``{tap: (B, C)}`` vectors.
 
 Every epoch: a checkpoint (``checkpoint.pt``, written atomically) that holds the weights,
-optimizer, schedule, the method's own state and the selection state, and one JSON line in
-``log.jsonl``. Model selection and early stopping use the mAP of the *validation* split
-against the training set; the query split is never seen during training. The batch order
-and augmentation of epoch ``e`` depend only on ``(seed, e)``, so a run resumed from the
-checkpoint of epoch ``k`` ends with the same weights as an uninterrupted run.
+optimizer, schedule, the method's own state, the selection state and the settings it was
+trained with, and one JSON line in ``log.jsonl``. Checkpoints hold only tensors and plain
+values and are read with ``torch.load(weights_only=True)``
+(:func:`hashlearn.train.runfolder.load_checkpoint`), so a planted file cannot run code.
+Model selection and early stopping use the mAP of the *validation* split against the
+training set; the query split is never seen during training. The batch order and
+augmentation of epoch ``e`` depend only on ``(seed, e)`` (no RNG state needs storing), so a
+run resumed from the checkpoint of epoch ``k`` ends with the same weights as an
+uninterrupted run. A resume with other settings (see :data:`RESUME_FREE`) is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ from torch import nn
 from hashlearn.codes import sign
 from hashlearn.errors import InputError
 from hashlearn.methods.base import Batch, Method, MethodOutput, pool
+from hashlearn.train.runfolder import load_checkpoint, short_reason, write_text_atomic
+
+#: settings that may change when a run is resumed (they do not change the weights of the epochs done)
+RESUME_FREE = ("train.epochs", "train.progress", "train.threads", "train.feature_batch_size", "train.patience",
+               "device", "eval", "out")
 
 Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
 
@@ -40,7 +49,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device: unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
 
 
 class HashModel(nn.Module):
@@ -77,12 +89,26 @@ class HashModel(nn.Module):
             state = {k: v for k, v in state.items() if k.startswith("head.")}
         return state
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(state, strict=False)
+    def load_trainable_state(self, state: dict[str, torch.Tensor], where: str = "saved weights") -> None:
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes that do not fit
+            raise InputError(f"{where}: the weights do not fit this model ({short_reason(exc)})") from None
         wanted = set(self.trainable_state())
         if unexpected or (wanted & set(missing)):
-            raise InputError(f"saved weights do not fit this model (missing {list(missing)[:3]}, "
+            raise InputError(f"{where}: the weights do not fit this model (missing {list(missing)[:3]}, "
                              f"unexpected {list(unexpected)[:3]})")
+
+
+def build_head(method: Method, tap_channels: dict[str, int], pooled: bool, where: str = "method_args") -> nn.Module:
+    """``method.build_head(...)``; a hyper-parameter of the wrong type is a one-line error."""
+    try:
+        return method.build_head(tap_channels, pooled=pooled)
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{where}: cannot build the {type(method).__name__} head with "
+                         f"{method.hparams()} ({short_reason(exc)})") from None
 
 
 def pooled_features(backbone, images: np.ndarray, taps: list[str], size: int, batch_size: int = 256,
@@ -182,7 +208,7 @@ class Trainer:
         self.taps = method.taps(default_taps)
         tap_channels = {t: backbone.tap_channels[t] for t in self.taps}
         torch.manual_seed(self.seed)
-        head = method.build_head(tap_channels, pooled=self.frozen)
+        head = build_head(method, tap_channels, pooled=self.frozen)
         self.model = HashModel(backbone, head, self.taps, self.frozen).to(self.device)
 
         self.train_inputs = train["features"] if self.frozen else train["images"]
@@ -251,7 +277,11 @@ class Trainer:
                 idx = np.arange(start, min(n, start + bs))
                 outs.append(self.model(self._inputs(source, idx, train=False)).codes.float().cpu())
         self.model.train(was_training)
-        return torch.cat(outs) if outs else torch.zeros(0, self.method.bits)
+        u = torch.cat(outs) if outs else torch.zeros(0, self.method.bits)
+        if not torch.isfinite(u).all():
+            raise InputError(f"training diverged: the network's codes are not finite (epoch {self.state.epoch}); "
+                             f"lower optim.lr (now {self.config['optim']['lr']})")
+        return u
 
     # --- checkpoints --------------------------------------------------------------------
     @property
@@ -263,9 +293,13 @@ class Trainer:
         return self.out_dir / "best.pt"
 
     def _save(self, obj: dict, path: Path) -> None:
+        _check_plain(obj, path.name)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(obj, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _checkpoint(self, epoch: int, best: dict, bad_evals: int, seconds: float, images: int,
                     stopped_early: bool = False) -> None:
@@ -281,24 +315,49 @@ class Trainer:
             "images": images,
             "step": self.state.step,
             "stopped_early": stopped_early,
+            "config": json.loads(json.dumps(self.config, default=str)),
         }, self.checkpoint_path)
 
     def _resume(self) -> dict | None:
-        if not self.checkpoint_path.exists():
+        path = self.checkpoint_path
+        if not path.exists():
             return None
-        ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        self.model.load_trainable_state(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler and ckpt.get("scheduler"):
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.method.load_state_dict(ckpt.get("method_state") or {})
-        self.state.step = int(ckpt.get("step", 0))
-        # drop log lines of epochs after the checkpoint (the killed run may have logged them)
+        again = "; pass --no-resume to start over, or another --out"
+        ckpt = load_checkpoint(path, map_location=self.device, hint=again)
+        kinds = {"epoch": int, "optimizer": dict, "best": dict, "bad_evals": int, "seconds": (int, float),
+                 "images": int}
+        for key, kind in kinds.items():
+            if isinstance(ckpt.get(key), bool) or not isinstance(ckpt.get(key), kind):
+                raise InputError(f"{path}: not a hashlearn checkpoint ({key} is {ckpt.get(key)!r}){again}")
+        best = ckpt["best"]
+        if not isinstance(best.get("epoch"), int) or not isinstance(best.get("map"), (float, int, type(None))):
+            raise InputError(f"{path}: not a hashlearn checkpoint (best is {best!r}){again}")
+        changed = _changed_setting(ckpt.get("config"), self.config)
+        if changed:
+            raise InputError(f"{path} was trained with other settings ({changed}){again}")
+        self.model.load_trainable_state(ckpt["model"], where=str(path))
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler and ckpt.get("scheduler"):
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.method.load_state_dict(ckpt.get("method_state") or {})
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+            raise InputError(f"{path}: its optimizer or method state does not fit this run "
+                             f"({short_reason(exc)}){again}") from None
+        self.state.step = int(ckpt.get("step", 0) or 0)
+        # drop log lines of epochs after the checkpoint (the killed run may have logged them, or half a line)
         log = self.out_dir / "log.jsonl"
         if log.exists():
-            keep = [ln for ln in log.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("epoch", 0) <= ckpt["epoch"]]
-            log.write_text("".join(ln + "\n" for ln in keep))
+            keep = []
+            for line in log.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("epoch"), int) \
+                        and record["epoch"] <= ckpt["epoch"]:
+                    keep.append(line)
+            write_text_atomic(log, "".join(ln + "\n" for ln in keep))
         return ckpt
 
     # --- the loop -----------------------------------------------------------------------
@@ -394,8 +453,8 @@ class Trainer:
                 self._say(f"early stopping: no validation improvement in {patience} evaluations")
                 break
         if self.best_path.exists():
-            self.model.load_trainable_state(torch.load(self.best_path, map_location=self.device,
-                                                       weights_only=False)["model"])
+            self.model.load_trainable_state(load_checkpoint(self.best_path, map_location=self.device)["model"],
+                                            where=str(self.best_path))
         return TrainResult(best_epoch=int(best["epoch"]), best_val_map=best["map"],
                            epochs_run=last_epoch,
                            training_seconds=seconds, images_per_second=images / max(seconds, 1e-9),
@@ -414,6 +473,48 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(text, file=sys.stderr)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Checkpoints hold only what ``torch.load(weights_only=True)`` reads back: tensors, numbers,
+    strings, None and lists/tuples/dicts of them (a method's state included)."""
+    if obj is None or isinstance(obj, (torch.Tensor, bool, int, float, str)):
+        return
+    if isinstance(obj, (list, tuple)):
+        for x in obj:
+            _check_plain(x, where)
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(f"{where}: {type(obj).__name__} cannot be checkpointed; use tensors and plain values "
+                    f"(a numpy array: torch.from_numpy; an RNG state: its tensor or a list of ints)")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k not in ("method_args", "backbone_args", "protocol_args"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _changed_setting(saved: Any, config: dict) -> str | None:
+    """The first setting (other than :data:`RESUME_FREE`) that differs, as ``"key: old → new"``."""
+    if not isinstance(saved, dict):
+        return None  # a checkpoint from before settings were stored in it
+    now = _flatten(json.loads(json.dumps(config, default=str)))
+    before = _flatten(saved)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE)  # noqa: E731
+    for key in sorted(set(now) | set(before)):
+        if not free(key) and now.get(key) != before.get(key):
+            return f"{key}: {before.get(key)!r} → {now.get(key)!r}"
+    return None
 
 
 def make_validation_evaluator(config: dict):
