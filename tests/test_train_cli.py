@@ -125,3 +125,30 @@ def test_search_by_image_finds_the_image_itself(digits_run, tmp_path, capsys):
     exact = json.loads(capsys.readouterr().out)["results"]
     assert target in [h["id"] for h in exact]
     assert all(h["distance"] == 0 for h in exact)
+
+
+def test_train_uses_a_split_file_from_data_split(tmp_path, capsys):
+    """`data split` → `train --split FILE`: the run trains on exactly that split and records its protocol."""
+    split_file = tmp_path / "split.json"
+    assert main(["data", "prepare", "digits"]) == 0
+    assert main(["data", "split", "digits", "--protocol", "per-class", "--set", "query_per_class=4",
+                 "--set", "train_per_class=12", "--seed", "5", "--out", str(split_file)]) == 0
+    out = tmp_path / "run"
+    assert main(["train", "--method", "itq", "--dataset", "digits", "--split", str(split_file), "--bits", "8",
+                 "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "8bits" / "metrics.json").read_text())
+    assert metrics["protocol"] == "per-class" and metrics["sizes"]["query"] == 40
+    assert metrics["protocol_description"]["checksum"] == json.loads(split_file.read_text())["checksum"]
+    # a split and a protocol at once is ambiguous
+    capsys.readouterr()
+    assert main(["train", "--method", "itq", "--dataset", "digits", "--split", str(split_file),
+                 "--protocol", "per-class", "--bits", "8", "--out", str(tmp_path / "r2"), "--quiet"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_train_without_protocol_uses_and_says_the_datasets_default(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "lsh", "--dataset", "digits", "--bits", "8", "--out", str(out)]) == 0
+    err_out = capsys.readouterr()
+    assert "protocol per-class (the default for digits" in err_out.out + err_out.err
+    assert json.loads((out / "8bits" / "metrics.json").read_text())["protocol"] == "per-class"

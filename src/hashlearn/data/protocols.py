@@ -569,7 +569,8 @@ def get_protocol(name: str, **params: Any) -> Protocol:
 
 #: How :func:`default_protocol` decides, in words (``hashlearn data list`` prints it).
 DEFAULT_PROTOCOL_RULE = (
-    "the dataset's own protocol where it has one (cifar10 -> cifar10-1, nus-wide -> nus-wide); otherwise "
+    "the dataset's own protocol where it has one (cifar10, mnist, fashion-mnist -> cifar10-1; nus-wide -> nus-wide); "
+    "otherwise "
     "multi-label -> per-label, official train and test splits -> official-split, anything else -> per-class"
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 
 def _int_arg(lo: int, hi: int | None = None):
@@ -66,7 +67,10 @@ def register(sub) -> None:
     )
     p.add_argument("--method", help="method name (see: hashlearn methods); default dmsh")
     p.add_argument("--dataset", help="dataset name (see: hashlearn data list)")
-    p.add_argument("--protocol", help="split protocol (see: hashlearn data protocols), e.g. cifar10-1")
+    p.add_argument("--protocol", help="split protocol (see: hashlearn data protocols), e.g. cifar10-1; "
+                   "default: the dataset's default protocol (hashlearn data list)")
+    p.add_argument("--split", metavar="FILE",
+                   help="a split file written by `hashlearn data split` (.json/.npz); replaces --protocol")
     p.add_argument("--bits", type=_bits_arg, help="code length(s) from 8 to 1024, comma-separated, e.g. 12,24,32,48")
     p.add_argument("--backbone", help="backbone name, e.g. smallcnn, efficientnet_lite0, vgg19")
     p.add_argument("--weights", help="backbone weights: default | none | PATH")
@@ -132,6 +136,7 @@ def _config_from_args(args):
         "weights": args.weights, "image_size": args.image_size, "seed": args.seed,
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "optim.lr": args.lr,
         "data.limit": args.limit,
+        "split": str(Path(args.split).expanduser().resolve()) if getattr(args, "split", None) else None,
     }
     pre = [f"{k}={v}" for k, v in direct.items() if v is not None]
     if args.bits:

@@ -266,7 +266,7 @@ def _mapping(v):
 
 #: every setting of ``configs/default.yaml`` with its check (``bits`` is checked by :func:`parse_bits`)
 SCHEMA = {
-    "method": _str(), "dataset": _str(), "protocol": _str(none=True), "backbone": _str(),
+    "method": _str(), "dataset": _str(), "protocol": _str(none=True), "split": _str(none=True), "backbone": _str(),
     "weights": _str(none=True), "frozen": _bool, "image_size": _int(8, 1024, none=True), "seed": _int(0, 2**32 - 1),
     "device": _device, "method_args": _mapping, "backbone_args": _mapping, "protocol_args": _mapping,
     "data.limit": _int(1, none=True),

@@ -168,11 +168,32 @@ def build_backbone(config: dict, method, backbone_args: dict):
     return backbone, taps
 
 
+def _resolve_split(config: dict, dataset, seed: int, progress: bool):
+    """The split ``config`` asks for: a ``split`` file, else ``protocol`` (default: the dataset's own
+    default protocol, said aloud). Records the protocol used in ``config`` before it is saved, so that
+    ``config.yaml`` and ``metrics.json`` name it and a resume makes the same split."""
+    if config.get("split"):
+        from hashlearn.data import Split
+
+        if config.get("protocol") or config.get("protocol_args"):
+            raise InputError("give --split FILE or --protocol/protocol_args, not both")
+        split = Split.load(config["split"]).check(dataset, config["split"])
+        config["protocol"] = split.protocol
+        return split
+    if not config.get("protocol"):
+        from hashlearn.data import default_protocol
+
+        config["protocol"] = default_protocol(dataset)
+        _say(f"protocol {config['protocol']} (the default for {dataset.name}; --protocol chooses another)", progress)
+    return make_split(dataset, config["protocol"], seed, config.get("protocol_args"))
+
+
 def train(config: dict, dataset=None, split=None, out: str | Path | None = None, resume: bool = True,
           evaluator=None, progress: bool | None = None) -> list[dict]:
     """Train (or fit) ``config["method"]`` at each code length of ``config["bits"]``.
 
-    ``dataset``/``split`` default to ``config["dataset"]``/``config["protocol"]``. Returns one
+    ``dataset`` defaults to ``config["dataset"]``; ``split`` to the ``config["split"]`` file, else
+    ``config["protocol"]`` (else the dataset's default protocol). Returns one
     metrics dict per code length (as written to ``metrics.json``)."""
     from hashlearn.methods import get_method, load_all
 
@@ -194,7 +215,7 @@ def train(config: dict, dataset=None, split=None, out: str | Path | None = None,
     if dataset is None:
         dataset = load_data(config["dataset"], progress)
     if split is None:
-        split = make_split(dataset, config.get("protocol"), seed, config.get("protocol_args"))
+        split = _resolve_split(config, dataset, seed, progress)
     limit = (config.get("data") or {}).get("limit")
     parts = {k: _limit(getattr(split, k), limit, seed, i) for i, k in enumerate(("query", "train", "val", "database"))}
     describe = split.describe() if hasattr(split, "describe") else {}

@@ -80,13 +80,17 @@ def load_idx_folder(load: Load, source: Path, *, class_names: list[str]) -> Imag
     )
 
 
-@register_dataset("mnist", kind="single-label", classes=10, default_source="mnist-test")
+# MNIST-like sets are evaluated in the hashing literature with CIFAR-10's protocol I (100 queries and
+# 500 training images a class, the rest the database), so that is their default.
+@register_dataset("mnist", kind="single-label", classes=10, default_source="mnist-test", protocol="cifar10-1")
 def build_mnist(load: Load) -> ImageDataset:
     """MNIST idx files (grey, 28x28x1); loads whichever of train/test has images and labels."""
     return load_idx_folder(load, load.require_source(), class_names=[str(i) for i in range(10)])
 
 
-@register_dataset("fashion-mnist", kind="single-label", classes=10, images=70000, default_source="fashion-mnist")
+@register_dataset(
+    "fashion-mnist", kind="single-label", classes=10, images=70000, default_source="fashion-mnist", protocol="cifar10-1"
+)
 def build_fashion_mnist(load: Load) -> ImageDataset:
     """Fashion-MNIST idx files (grey, 28x28x1; Debian's dataset-fashion-mnist is found by default)."""
     return load_idx_folder(load, load.require_source(SYSTEM_FASHION_MNIST), class_names=FASHION_MNIST_CLASSES)
