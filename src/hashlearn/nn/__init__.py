@@ -37,10 +37,24 @@ Normalisation: ImageNet mean/std for the pretrained families; 0.5/0.25 for ``sma
 
 :func:`extract_features` caches pooled tap features per (dataset content, backbone,
 weights, image size, taps, pooling, dtype, versions); see :mod:`hashlearn.nn.features`.
+
+Fine-tuning from a cut (a CPU cannot train a big network end to end): every backbone runs
+as a sequence of steps and splits at any spatial tap ``T`` (``backbone.cut_taps``):
+``forward_to(T, x)`` → the (N, C, H, W) map at ``T``; ``forward_from(T, map)`` → the dict
+``backbone(x)`` returns for the selected taps at or after ``T`` plus ``pool`` (exactly equal
+in eval mode). A selected tap below ``T`` is an :class:`~hashlearn.errors.InputError` naming
+it and the cut (``check_cut``). ``modules_above(T)`` / ``parameters_above(T)`` /
+``state_names_above(T)`` are what trains and is saved; ``freeze_below(T)`` turns the rest off;
+``tap_order`` lists the taps from input to output. Train/eval mode above the cut is the
+caller's (BatchNorm there uses batch statistics and updates its running averages in train
+mode; call ``.eval()`` on those modules to keep ImageNet statistics).
+:func:`extract_activations` caches the map at ``T`` of every image and of its mirror (fp16,
+memory-mapped); see :mod:`hashlearn.nn.activations`.
 CPU compromise: the CIFAR-10 cache used by the experiments is EfficientNet-Lite0 at 96 px
 (32 px images upsampled ×3), not the native 224 px — about 5× less compute per image.
 """
 
+from hashlearn.nn.activations import ActivationCache, activation_nbytes, activation_shape, extract_activations
 from hashlearn.nn.backbones import (
     BACKBONES,
     IMAGENET_MEAN,
@@ -66,4 +80,8 @@ __all__ = [
     "dataset_fingerprint",
     "default_cache_dir",
     "cached_feature_sets",
+    "extract_activations",
+    "ActivationCache",
+    "activation_nbytes",
+    "activation_shape",
 ]

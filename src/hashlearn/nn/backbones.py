@@ -139,6 +139,160 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return f"name={self.name!r}, taps={self.taps}, weights_id={self.weights_id[:16]!r}"
 
+    # --- the network as a sequence of steps, split at a tap ------------------------------
+    #
+    # Every backbone describes its trunk as ``_plan()``: an ordered list of steps, each
+    # ``(tap or None, modules)``; the tap (if any) is the output of that step. ``_pool_tap`` is
+    # the step whose spatial mean is ``pool``; ``_tail`` adds vector taps (``fc7``) from the
+    # last step's output. ``forward``, ``forward_to`` and ``forward_from`` all run the same
+    # steps with the same operations, so a split forward equals the whole one exactly.
+
+    _pool_tap: str
+    _vector_taps: tuple[str, ...] = ()
+
+    def _plan(self) -> list[tuple[str | None, tuple[nn.Module, ...]]]:
+        raise NotImplementedError
+
+    def _run_step(self, i: int, modules: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+        for m in modules:
+            x = m(x)
+        return x
+
+    def _tail(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        """Vector taps computed from the last step's output (none by default)."""
+
+    def _tail_modules(self) -> list[nn.Module]:
+        """Modules ``_tail`` runs for the selected taps."""
+        return []
+
+    def _run(self, x: torch.Tensor, start: int, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        plan = self._plan()
+        for i in range(start, len(plan)):
+            tap, modules = plan[i]
+            x = self._run_step(i, modules, x)
+            if tap is not None:
+                if tap in self.taps:
+                    out[tap] = x
+                if tap == self._pool_tap:
+                    out[POOL] = x.mean(dim=(2, 3))
+        self._tail(x, out)
+        return out
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._run(x, 0, {})
+
+    @property
+    def tap_order(self) -> tuple[str, ...]:
+        """Every tap, from input to output (``pool`` excluded)."""
+        return tuple(t for t, _ in self._plan() if t is not None) + self._vector_taps
+
+    @property
+    def cut_taps(self) -> tuple[str, ...]:
+        """The taps a network can be split at: the spatial ones (not ``fc7``), input to output."""
+        return tuple(t for t, _ in self._plan() if t is not None)
+
+    def _cut_index(self, tap: str) -> int:
+        for i, (t, _) in enumerate(self._plan()):
+            if t is not None and t == tap:
+                return i
+        if tap in self._vector_taps:
+            raise InputError(f"tap {tap!r} of {self.name} is a vector, not a feature map; cut at one of "
+                             f"{', '.join(self.cut_taps)}")
+        raise NotFoundError(f"unknown cut tap {tap!r} for backbone {self.name!r}; known: {', '.join(self.cut_taps)}")
+
+    def taps_below(self, tap: str) -> tuple[str, ...]:
+        """Taps computed before ``tap`` (not available from :meth:`forward_from` at that cut)."""
+        order = self.tap_order
+        self._cut_index(tap)
+        return order[:order.index(tap)]
+
+    def check_cut(self, tap: str, taps: Iterable[str] | None = None) -> None:
+        """Raise :class:`InputError` when ``taps`` (default: the selected ones) need a map below the cut ``tap``."""
+        below = set(self.taps_below(tap))
+        wanted = tuple(self.taps if taps is None else taps)
+        lower = [t for t in wanted if t in below]
+        if lower:
+            raise InputError(
+                f"tap {lower[0]!r} of {self.name} lies below the cut at {tap!r}: its map is not in the activation "
+                f"cache; use taps at or after {tap!r} ({', '.join(self.tap_order[len(below):])}) or cut lower"
+            )
+
+    def forward_to(self, tap: str, x: torch.Tensor) -> torch.Tensor:
+        """Run the part below and including ``tap``: input ``x`` → the (N, C, H, W) map at ``tap``."""
+        end = self._cut_index(tap)
+        plan = self._plan()
+        for i in range(end + 1):
+            x = self._run_step(i, plan[i][1], x)
+        return x
+
+    def forward_from(self, tap: str, activation: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the part above ``tap`` on its map: ``{tap: map}`` for the selected taps at or after
+        ``tap``, plus ``pool`` — what ``self(x)`` returns when ``activation = forward_to(tap, x)``.
+
+        A selected tap below the cut is an :class:`InputError` naming the tap and the cut.
+        Train/eval mode is the caller's: in train mode BatchNorm above the cut normalises with
+        batch statistics and updates its running averages, and dropout / drop-connect are on.
+        """
+        start = self._cut_index(tap)
+        self.check_cut(tap)
+        if activation.ndim != 4 or activation.shape[1] != self.tap_channels[tap]:
+            raise InputError(f"activation at {tap!r} of {self.name} must be (N, {self.tap_channels[tap]}, H, W), "
+                             f"got {tuple(activation.shape)}")
+        out: dict[str, torch.Tensor] = {}
+        if tap in self.taps:
+            out[tap] = activation
+        if tap == self._pool_tap:
+            out[POOL] = activation.mean(dim=(2, 3))
+        return self._run(activation, start + 1, out)
+
+    def modules_below(self, tap: str) -> list[nn.Module]:
+        """The modules :meth:`forward_to` runs (the cached, frozen part)."""
+        plan = self._plan()
+        return [m for _, mods in plan[:self._cut_index(tap) + 1] for m in mods]
+
+    def modules_above(self, tap: str) -> list[nn.Module]:
+        """The modules :meth:`forward_from` runs for the selected taps: what trains in fine-tune-from-cut mode."""
+        plan = self._plan()
+        return [m for _, mods in plan[self._cut_index(tap) + 1:] for m in mods] + self._tail_modules()
+
+    def parameters_above(self, tap: str) -> list[nn.Parameter]:
+        """Parameters of :meth:`modules_above` (each once)."""
+        seen: dict[int, nn.Parameter] = {}
+        for m in self.modules_above(tap):
+            for p in m.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def _state_names(self, modules: list[nn.Module]) -> list[str]:
+        names = {id(m): n for n, m in self.named_modules()}
+        keys: list[str] = []
+        for m in modules:
+            prefix = names[id(m)]
+            keys.extend(f"{prefix}.{k}" if prefix else k for k in m.state_dict())
+        return list(dict.fromkeys(keys))
+
+    def state_names_above(self, tap: str) -> list[str]:
+        """``state_dict`` keys (parameters and buffers) of :meth:`modules_above`: what a run must save."""
+        return self._state_names(self.modules_above(tap))
+
+    def freeze_below(self, tap: str) -> None:
+        """``requires_grad=False`` for every parameter not in :meth:`parameters_above`."""
+        above = {id(p) for p in self.parameters_above(tap)}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in above)
+
+    def state_digest_below(self, tap: str) -> str:
+        """sha256 of the weights and buffers :meth:`forward_to` uses (what a cut's activations depend on)."""
+        import hashlib
+
+        state = self.state_dict()
+        h = hashlib.sha256()
+        for key in sorted(self._state_names(self.modules_below(tap))):
+            t = state[key].detach().cpu().contiguous()
+            h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
 
 # --------------------------------------------------------------------------------------------
 # torchvision: VGG-16/19, AlexNet, ResNet-18/50
@@ -214,22 +368,19 @@ class _VGGLike(Backbone):
         self.default_taps = ("conv3", "conv4", "conv5")
         self.set_taps(taps)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
+    _pool_tap = "conv5"
+    _vector_taps = ("fc7",)
+
+    def _plan(self) -> list[tuple[str | None, tuple[nn.Module, ...]]]:
         by_index = {idx: tap for tap, idx in self._points.items()}
-        conv5 = None
-        for i, m in enumerate(self.features):
-            x = m(x)
-            tap = by_index.get(i)
-            if tap is not None:
-                if tap in self.taps:
-                    out[tap] = x
-                if tap == "conv5":
-                    conv5 = x
-        out[POOL] = conv5.mean(dim=(2, 3))
+        return [(by_index.get(i), (m,)) for i, m in enumerate(self.features)]
+
+    def _tail(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
         if "fc7" in self.taps:
             out["fc7"] = self.fc67(torch.flatten(self.avgpool(x), 1))
-        return out
+
+    def _tail_modules(self) -> list[nn.Module]:
+        return [self.avgpool, self.fc67] if "fc7" in self.taps else []
 
 
 class _ResNet(Backbone):
@@ -245,15 +396,11 @@ class _ResNet(Backbone):
         self.default_taps = ("layer2", "layer3", "layer4")
         self.set_taps(taps)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
-            x = layer(x)
-            if f"layer{i}" in self.taps:
-                out[f"layer{i}"] = x
-        out[POOL] = x.mean(dim=(2, 3))
-        return out
+    _pool_tap = "layer4"
+
+    def _plan(self) -> list[tuple[str | None, tuple[nn.Module, ...]]]:
+        return [(None, (self.stem,)), ("layer1", (self.layer1,)), ("layer2", (self.layer2,)),
+                ("layer3", (self.layer3,)), ("layer4", (self.layer4,))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,22 +461,20 @@ class _EfficientNetLite(Backbone):
         self.default_taps = ("stage3", "stage5", "stage7")
         self.set_taps(taps)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    _pool_tap = "head"
+
+    def _plan(self) -> list[tuple[str | None, tuple[nn.Module, ...]]]:
         m = self.model
-        out: dict[str, torch.Tensor] = {}
-        x = m._swish(m._bn0(m._conv_stem(x)))
-        n = len(m._blocks)
-        rate = m._global_params.drop_connect_rate
-        for idx, block in enumerate(m._blocks):
-            x = block(x, drop_connect_rate=rate * idx / n if rate else rate)
-            tap = self._stage_end.get(idx)
-            if tap is not None and tap in self.taps:
-                out[tap] = x
-        x = m._swish(m._bn1(m._conv_head(x)))
-        if "head" in self.taps:
-            out["head"] = x
-        out[POOL] = x.mean(dim=(2, 3))
-        return out
+        return ([(None, (m._conv_stem, m._bn0, m._swish))]
+                + [(self._stage_end.get(i), (block,)) for i, block in enumerate(m._blocks)]
+                + [("head", (m._conv_head, m._bn1, m._swish))])
+
+    def _run_step(self, i: int, modules: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+        n = len(self.model._blocks)
+        if 1 <= i <= n:  # MBConv block i - 1, with the network's drop-connect schedule
+            rate = self.model._global_params.drop_connect_rate
+            return modules[0](x, drop_connect_rate=rate * (i - 1) / n if rate else rate)
+        return super()._run_step(i, modules, x)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (for checking the weights); x from :meth:`preprocess`."""
@@ -381,14 +526,10 @@ class SmallCNN(Backbone):
             self.weights_id = file_sha256(w)
         self.set_taps(taps)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for i, block in enumerate(self.blocks, start=1):
-            x = block(x)
-            if f"block{i}" in self.taps:
-                out[f"block{i}"] = x
-        out[POOL] = x.mean(dim=(2, 3))
-        return out
+    _pool_tap = "block4"
+
+    def _plan(self) -> list[tuple[str | None, tuple[nn.Module, ...]]]:
+        return [(f"block{i}", (block,)) for i, block in enumerate(self.blocks, start=1)]
 
 
 # --------------------------------------------------------------------------------------------
