@@ -57,7 +57,7 @@ def toy_plugin(tmp_path: Path, monkeypatch):
     folder.mkdir()
     (folder / "toy_stripes.py").write_text(TOY_MODULE)
     monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
-    monkeypatch.setattr(package, "_loaded", False)
+    monkeypatch.setattr(DATASETS, "_filled", set())
     monkeypatch.setattr(DATASETS, "_items", dict(DATASETS._items))  # restored afterwards
     monkeypatch.setattr(DATASETS, "_info", dict(DATASETS._info))
     yield

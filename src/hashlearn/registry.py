@@ -25,6 +25,7 @@ class Registry:
         self.kind = kind
         self._items: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
+        self._filled: set[str] = set()
 
     def register(self, name: str, **info: Any) -> Callable[[Any], Any]:
         key = name.lower()
@@ -61,3 +62,16 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def fill_from_package(self, package: str, path: Any) -> Registry:
+        """Import every module of ``package`` (its ``__path__`` is ``path``; names starting with ``_``
+        excepted), once: each registers itself here, so adding an entry is adding one module."""
+        if package not in self._filled:
+            import importlib
+            import pkgutil
+
+            for info in pkgutil.iter_modules(path):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{package}.{info.name}")
+            self._filled.add(package)
+        return self

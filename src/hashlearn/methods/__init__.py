@@ -8,26 +8,15 @@ a method by name.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from hashlearn.registry import Registry
 
 METHODS = Registry("method")
 register_method = METHODS.register
 
-_loaded = False
-
 
 def load_all() -> Registry:
     """Import every method module (deep ones import torch) and return the registry."""
-    global _loaded
-    if not _loaded:
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        _loaded = True
-    return METHODS
+    return METHODS.fill_from_package(__name__, __path__)
 
 
 def get_method(name: str):

@@ -32,9 +32,7 @@ Orders are deterministic everywhere: files sorted by path within a class (so CIF
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,8 +46,6 @@ from hashlearn.registry import Registry
 
 DATASETS = Registry("dataset")
 
-_loaded = False
-
 
 def register_dataset(name: str, **info: Any) -> Callable:
     """Register a builder ``(load: Load, **options) -> ImageDataset`` under ``name`` (see the module docstring)."""
@@ -58,13 +54,7 @@ def register_dataset(name: str, **info: Any) -> Callable:
 
 def load_all() -> Registry:
     """Import every dataset module of this package (each registers itself) and return :data:`DATASETS`."""
-    global _loaded
-    if not _loaded:
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        _loaded = True
-    return DATASETS
+    return DATASETS.fill_from_package(__name__, __path__)
 
 
 def get_builder(name: str) -> Callable[..., ImageDataset]:
