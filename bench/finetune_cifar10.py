@@ -1,0 +1,204 @@
+"""CIFAR-10 cifar10-1: DPSH and DMSH fine-tuned from a cached cut point of EfficientNet-Lite0.
+
+Every run goes through ``hashlearn train --finetune-from TAP``; this script builds, prints and runs
+the commands, then writes ``docs/results/cifar10-1-lite0-finetune.{md,json}`` from the run folders::
+
+    python bench/finetune_cifar10.py tune-cut     # DPSH, 48 bits, each candidate cut: validation mAP only
+    python bench/finetune_cifar10.py run          # DPSH and DMSH at 12/24/32/48 bits at the chosen cut
+    python bench/finetune_cifar10.py report       # the results files (+ PR plot at 48 bits)
+
+The cut is chosen by validation mAP (validation split against training codes) of ``tune-cut``;
+query figures are never read before ``report``. ``--dry-run`` prints the commands only.
+Run folders: ``runs/cifar10-1-ft-*`` (git-ignored). The frozen-feature rows shown beside are
+read from ``docs/results/cifar10-1-frozen-lite0.md`` (an earlier session's runs, same protocol,
+backbone and image size), whose table was generated from its run folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from train_cifar10 import DOCS, RUNS, cmd_text, machine_line, pr_plot, read_metrics, run, train_cmd
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+NAME = "cifar10-1-lite0-finetune"
+SIZE = 96  # the largest image size this 2-core CPU affords for 60,000 images (see the nn/ measurements)
+CUTS = ["stage4", "stage5", "stage6"]  # candidate cut points (the taps above them train)
+BITS = "12,24,32,48"
+TUNE_BITS = 48
+COMMON = [
+    "--dataset", "cifar10", "--protocol", "cifar10-1", "--backbone", "efficientnet_lite0",
+    "--image-size", str(SIZE), "--seed", "0", "--set", "train.threads=2",
+]
+TUNE_EPOCHS = 6
+EPOCHS = 15
+LR = "1e-3"  # heads; the layers above the cut train at optim.backbone_lr (default lr/10 for pretrained weights)
+TAP_ORDER = ["stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "head"]
+
+
+def dmsh_taps(cut: str) -> str:
+    """DMSH's scales above the cut: the cut itself, stage5 (when above it), stage7, and the pooled head."""
+    above = [t for t in ("stage5", "stage7") if TAP_ORDER.index(t) > TAP_ORDER.index(cut)]
+    return "[" + ",".join([cut, *above, "pool"]) + "]"
+
+
+METHODS = {
+    "dpsh": lambda cut: [],
+    "dmsh": lambda cut: [f"method_args.taps={dmsh_taps(cut)}", "method_args.deep_supervision=0.3"],
+}
+
+
+def tune_dir(cut: str) -> Path:
+    return RUNS / "cifar10-1-ft-tune" / f"dpsh-{cut}"
+
+
+def tune_cmd(cut: str) -> list[str]:
+    return train_cmd("dpsh", [*COMMON, "--finetune-from", cut], TUNE_BITS, tune_dir(cut), epochs=TUNE_EPOCHS, lr=LR)
+
+
+def tune_rows() -> list[dict]:
+    rows = []
+    for cut in CUTS:
+        for m in read_metrics(tune_dir(cut)):
+            rows.append({"cut": cut, "val_mAP": m["val_mAP"], "train_seconds": m.get("training_seconds"),
+                         "images_per_second": m.get("images_per_second")})
+    return rows
+
+
+def chosen_cut() -> str:
+    rows = tune_rows()
+    if not rows:
+        raise SystemExit("no tune-cut runs yet; run: python bench/finetune_cifar10.py tune-cut")
+    return max(rows, key=lambda r: r["val_mAP"])["cut"]
+
+
+def run_dir(method: str, cut: str) -> Path:
+    return RUNS / f"cifar10-1-ft-{cut}-{method}"
+
+
+def run_cmds(cut: str, epochs: int) -> list[tuple[str, list[str]]]:
+    return [(m, train_cmd(m, [*COMMON, "--finetune-from", cut], BITS, run_dir(m, cut), epochs=epochs, lr=LR,
+                          overrides=over(cut))) for m, over in METHODS.items()]
+
+
+def frozen_rows() -> list[dict]:
+    """DPSH/DMSH rows of the frozen-feature results file (its generated table), marked as such."""
+    path = DOCS / "cifar10-1-frozen-lite0.md"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        m = re.match(r"\| (dpsh|dmsh) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", line)
+        if m:
+            rows.append({"method": f"{m[1]} (frozen)", "bits": int(m[2]), "mAP@all": float(m[3]),
+                         "mAP@1000": float(m[4]), "P@r2": float(m[5]), "source": path.name})
+    return rows
+
+
+def cache_lines(metrics: list[dict]) -> list[str]:
+    """What the runs say about the activation cache they used (size, extraction time)."""
+    out = []
+    for m in metrics:
+        c = m.get("activation_cache") or {}
+        if c:
+            out.append(f"* activation cache at `{c.get('tap')}`: {c.get('nbytes', 0) / 1e9:.2f} GB "
+                       f"({c.get('shape')}, fp16, original + mirrored), extracted in "
+                       f"{c.get('seconds', float('nan')):.0f} s; shared by every run at that cut")
+            break
+    return out
+
+
+def report(epochs: int) -> None:
+    from hashlearn.eval.results import row_from_metrics, write_results
+
+    cut = chosen_cut()
+    metrics = {m: {r["bits"]: r for r in read_metrics(run_dir(m, cut))} for m in METHODS}
+    rows = [row_from_metrics(r, cut=cut) for m in METHODS for _, r in sorted(metrics[m].items())]
+    frozen = frozen_rows()
+    ratios = []
+    for bits in sorted(metrics["dpsh"]):
+        for m in METHODS:
+            f = next((r for r in frozen if r["method"] == f"{m} (frozen)" and r["bits"] == bits), None)
+            if f and bits in metrics[m]:
+                ratios.append(f"* {m} {bits} bits: fine-tuned {metrics[m][bits]['mAP@all']:.4f} vs frozen "
+                              f"{f['mAP@all']:.4f} ({metrics[m][bits]['mAP@all'] / f['mAP@all']:.2f}×)")
+        if bits in metrics["dmsh"]:
+            a, b = metrics["dmsh"][bits]["mAP@all"], metrics["dpsh"][bits]["mAP@all"]
+            ratios.append(f"* {bits} bits: DMSH/DPSH {a / b:.3f} — DMSH {'beats' if a > b else 'does NOT beat'} DPSH")
+    best48 = max((r["mAP@all"] for r in rows if r["bits"] == 48), default=None)
+    goal = ("not reached" if best48 is None or best48 < 0.70 else "reached") + (
+        f" (best mAP@all at 48 bits: {best48:.4f})" if best48 is not None else " (no 48-bit run)")
+    tune = ["| cut | val mAP (DPSH, 48 bits) | train s | img/s |", "|---|---|---|---|"] + [
+        f"| {r['cut']} | {r['val_mAP']:.4f} | {r['train_seconds']:.0f} | {r['images_per_second']:.0f} |"
+        for r in tune_rows()]
+    curves = []
+    for m in METHODS:
+        for r in sorted(metrics[m].values(), key=lambda r: r["bits"]):
+            hist = r.get("val_history") or []
+            if hist:
+                curves.append(f"* {m} {r['bits']} bits: " + ", ".join(
+                    f"e{h['epoch']} {h['val_mAP']:.3f}" for h in hist))
+    plot = pr_plot(metrics, 48, DOCS / f"{NAME}-pr48.png")
+    write_results(
+        DOCS, NAME,
+        title=f"CIFAR-10 cifar10-1, EfficientNet-Lite0 fine-tuned above a cached cut ({cut}), {SIZE} px",
+        protocol="cifar10-1", dataset="cifar10",
+        backbone=f"EfficientNet-Lite0 (ImageNet weights), {SIZE} px, layers above `{cut}` trained on cached "
+                 f"activations (cut chosen on validation among {', '.join(CUTS)}), {epochs} epochs",
+        command="python bench/finetune_cifar10.py report", machine=machine_line("2–4"),
+        rows=rows + [dict(r, cut="frozen") for r in frozen],
+        notes=[
+            f"goal mAP@all ≥ 0.70 at 48 bits: {goal}",
+            f"training: Adam, heads lr {LR}, layers above the cut at lr/10, cosine schedule, batch 64, {epochs} "
+            "epochs, hflip through the cached mirrored maps, model chosen by validation mAP",
+            *cache_lines([r for by in metrics.values() for r in by.values()]),
+            "frozen rows: from `cifar10-1-frozen-lite0.md` (earlier session, 40 epochs on pooled frozen features)",
+        ],
+        sections=[
+            ("Fine-tuned vs frozen, DMSH vs DPSH (ratios of mAP@all)", ratios),
+            ("Choosing the cut (validation split only)", tune),
+            ("Validation curves", curves or ["(not recorded by these runs)"]),
+            *([("Precision–recall at 48 bits", [f"![PR 48 bits]({NAME}-pr48.png)"])] if plot else []),
+            ("Commands", ["```", "python bench/finetune_cifar10.py tune-cut", *[cmd_text(tune_cmd(c)) for c in CUTS],
+                          f"python bench/finetune_cifar10.py run --epochs {epochs}",
+                          *[cmd_text(c) for _, c in run_cmds(cut, epochs)],
+                          "python bench/finetune_cifar10.py report", "```"]),
+        ],
+    )
+    print(f"wrote {DOCS / NAME}.md and .json")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["tune-cut", "run", "report"])
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--only", default="", help="run: comma-separated methods (default: dpsh,dmsh)")
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args(argv)
+    if args.step == "tune-cut":
+        for cut in CUTS:
+            if (tune_dir(cut) / "summary.json").exists() and not args.dry_run:
+                print(f"# done already: {cut}")
+                continue
+            t = time.time()
+            run(tune_cmd(cut), args.dry_run)
+            print(f"# {cut}: {time.time() - t:.0f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+        if not args.dry_run:
+            print(json.dumps(tune_rows(), indent=1))
+    elif args.step == "run":
+        cut = chosen_cut()
+        only = set(args.only.split(",")) if args.only else set(METHODS)
+        for m, c in run_cmds(cut, args.epochs):
+            if m in only:
+                run(c, args.dry_run)
+    else:
+        report(args.epochs)
+
+
+if __name__ == "__main__":
+    main()
