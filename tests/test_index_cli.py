@@ -1,6 +1,7 @@
 """``hashlearn index ...`` and ``hashlearn search`` through hashlearn.cli.main."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,10 +47,12 @@ def test_build_info_search_add_remove_export(files, capsys):
     assert info["count"] == 50 and info["bits"] == 32
     assert main(["search", "--collection", coll, "--query-codes", str(tmp / "q.npy"), "-k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out[0]["results"][0] == {"rank": 1, "id": 100, "distance": 0, "path": "img0.jpg", "label": None}
+    # relative paths are recorded against the folder of --paths, and shown as they open from here
+    img0 = str(tmp / "img0.jpg")
+    assert out[0]["results"][0] == {"rank": 1, "id": 100, "distance": 0, "path": img0, "label": None}
     assert main(["search", "--collection", coll, "--query-codes", str(tmp / "q.npy"), "--radius", "0"]) == 0
     text = capsys.readouterr().out
-    assert "id=100  distance=0  path=img0.jpg" in text and "id=101  distance=0" in text
+    assert f"id=100  distance=0  path={img0}" in text and "id=101  distance=0" in text
     np.save(tmp / "more.npy", codes[:3])
     np.save(tmp / "more_ids.npy", np.array([7, 8, 9]))
     assert main(["index", "add", coll, "--codes", str(tmp / "more.npy"), "--ids", str(tmp / "more_ids.npy")]) == 0
@@ -110,19 +113,60 @@ def test_image_query_without_the_encoder_says_so(files, capsys, monkeypatch):
     assert rc == 2  # encode_images exists: it reports its own error (no run there)
 
 
-def test_build_from_a_codes_file_with_image_paths_as_ids(tmp_path, capsys):
-    """`hashlearn encode --images` writes string ids (image paths): the collection numbers
-    the codes itself and keeps those strings as paths, which search reports."""
+def write_images(folder, n, size=8):
+    """``n`` small PNG files ``folder/<i>.png`` (and ``folder/sub/<i>.png`` for odd ``i``): relative names."""
+    from PIL import Image
+
+    names = []
+    for i in range(n):
+        name = f"sub/{i}.png" if i % 2 else f"{i}.png"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((size, size, 3), 40 * i, dtype=np.uint8)).save(folder / name)
+        names.append(name)
+    return names
+
+
+def test_build_from_a_codes_file_with_image_paths_as_ids(tmp_path, capsys, monkeypatch):
+    """`hashlearn encode --images my_photos` writes string ids (paths relative to my_photos): the
+    collection numbers the codes itself, keeps the strings as paths and records the folder they are
+    relative to (--root), so that search shows paths that open from wherever it runs."""
+    names = write_images(tmp_path / "my_photos", 5)
     codes = np.random.default_rng(1).integers(0, 2, (5, 16))
-    names = np.array([f"photos/{i}.jpg" for i in range(5)])
-    save_codes(tmp_path / "photos.npz", codes, bits=16, ids=names)
+    save_codes(tmp_path / "photos.npz", codes, bits=16, ids=np.array(names))
     np.save(tmp_path / "q.npy", codes[3:4])
-    coll = str(tmp_path / "photos.collection")
-    assert main(["index", "build", "--codes", str(tmp_path / "photos.npz"), "--out", coll]) == 0
-    capsys.readouterr()
-    assert main(["search", "--collection", coll, "--query-codes", str(tmp_path / "q.npy"), "-k", "1", "--json"]) == 0
+    monkeypatch.chdir(tmp_path)
+    # without --root: neither the codes file's folder nor the current one holds them; it says so
+    assert main(["index", "build", "--codes", "photos.npz", "--out", "guess.collection"]) == 0
+    printed = capsys.readouterr()
+    assert "5 of the first 5 relative image paths are not found" in printed.err and "--root" in printed.err
+    assert main(["index", "build", "--codes", "photos.npz", "--root", "my_photos", "--out", "photos.collection"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == "" and f"image paths relative to {tmp_path / 'my_photos'}" in printed.out
+    assert main(["search", "--collection", "photos.collection", "--query-codes", "q.npy", "-k", "1", "--json"]) == 0
     (hit,) = json.loads(capsys.readouterr().out)["results"]
-    assert hit["distance"] == 0 and hit["path"] == "photos/3.jpg" and hit["id"] == 3
+    assert hit["distance"] == 0 and hit["id"] == 3 and hit["path"] == "my_photos/sub/3.png"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    coll, q = str(tmp_path / "photos.collection"), str(tmp_path / "q.npy")
+    assert main(["search", "--collection", coll, "--query-codes", q, "-k", "1", "--json"]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)["results"]
+    assert hit["path"] == str(tmp_path / "my_photos/sub/3.png") and (elsewhere / hit["path"]).is_file()
+    # the default finds the folder of --paths when the files are there, and index add stores paths that
+    # are relative to another folder as absolute ones
+    (tmp_path / "my_photos" / "list.txt").write_text("\n".join(names))
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "build", "--codes", "photos.npz", "--paths", "my_photos/list.txt", "--out", "c2"]) == 0
+    assert f"relative to {tmp_path / 'my_photos'}" in capsys.readouterr().out
+    more = write_images(tmp_path / "more", 2)
+    (tmp_path / "more.txt").write_text("\n".join(f"more/{name}" for name in more))
+    np.save(tmp_path / "more.npy", codes[:2])
+    assert main(["index", "add", "c2", "--codes", "more.npy", "--paths", "more.txt"]) == 0
+    with Collection.open(tmp_path / "c2") as c:
+        meta = c.metadata([0, 5, 6])
+        assert c.root == str(tmp_path / "my_photos") and meta[0]["path"] == "0.png"
+        assert meta[6]["path"] == str(tmp_path / "more/sub/1.png")
+        assert all(Path(c.resolve_path(m["path"])).is_file() for m in meta.values())
 
 
 # -- index build never deletes what it did not create ------------------------------------------

@@ -43,6 +43,26 @@ def test_add_read_remove_and_metadata(tmp_path):
     assert len(reopened) == 6 and reopened.bits == BITS
 
 
+def test_the_root_of_relative_paths_is_recorded_and_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    coll = Collection.build("c", BITS, code_for(np.arange(3)), paths=["a.jpg", "b/b.jpg", "/abs/c.jpg"], root="photos")
+    assert coll.root == str(tmp_path / "photos")
+    assert [coll.resolve_path(coll.metadata([i])[i]["path"]) for i in range(3)] == [
+        str(tmp_path / "photos/a.jpg"), str(tmp_path / "photos/b/b.jpg"), "/abs/c.jpg"]  # fmt: skip
+    coll.add(code_for(np.array([3])), paths=["d.jpg"], root=tmp_path / "elsewhere")  # another folder: absolute
+    coll.add(code_for(np.array([4])), paths=["e.jpg"], root="photos")  # the recorded root: as given
+    assert coll.metadata([3])[3]["path"] == str(tmp_path / "elsewhere/d.jpg")
+    assert coll.metadata([4])[4]["path"] == "e.jpg"
+    coll.remove([0])
+    coll.compact()
+    assert coll.root == str(tmp_path / "photos") and coll.info()["root"] == coll.root
+    coll.close()
+    plain = Collection.build("p", BITS, code_for(np.arange(1)), paths=["a.jpg"])  # no root: nothing recorded
+    assert plain.root is None and plain.resolve_path("a.jpg") == "a.jpg"
+    plain.close()
+
+
 @pytest.mark.parametrize(
     "codes, ids, message",
     [

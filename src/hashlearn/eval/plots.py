@@ -146,40 +146,70 @@ def _image(img) -> np.ndarray:
     return arr
 
 
-def plot_query_results(query_images, result_images, correct, path, distances=None) -> Path:
+def _tile(ax, text: str) -> None:
+    """A grey tile with ``text`` in its middle (an image that could not be shown)."""
+    ax.imshow(np.full((8, 8), 0.8), cmap="gray", vmin=0, vmax=1)
+    ax.text(3.5, 3.5, text, ha="center", va="center", fontsize=7, color="#333333", wrap=True)
+
+
+def plot_query_results(
+    query_images, result_images, correct, path, distances=None, titles=None, query_titles=None
+) -> Path:
     """Draw each query (left) with its top-k results; correct results get a green border,
-    wrong ones red. ``query_images``: ``nq`` images (HW, HWC or CHW); ``result_images``:
-    ``nq × k`` images; ``correct``: ``(nq, k)`` booleans; ``distances``: optional ``(nq, k)``
-    Hamming distances printed under each result."""
+    wrong ones red.
+
+    ``query_images``: ``nq`` images (HW, HWC or CHW); ``result_images``: ``nq`` rows of up to ``k``
+    images (rows may be shorter: the rest stays blank). An image may be ``None`` (drawn as a grey
+    tile labelled "missing") or a string (a grey tile labelled with it, e.g. "unreadable"); a
+    ``None`` query is a grey tile labelled "no image". ``correct``: ``(nq, k)`` booleans, or
+    ``None`` when relevance is unknown (neutral grey borders). ``distances``: optional Hamming
+    distances printed under each result (rows as ``result_images``); ``titles``: optional text per
+    result (e.g. its label), ``query_titles`` one per query."""
     from matplotlib.patches import Rectangle
 
     plt = _pyplot()
     nq = len(query_images)
-    correct = np.asarray(correct, dtype=bool).reshape(nq, -1)
-    k = correct.shape[1]
-    fig, axes = plt.subplots(nq, k + 1, figsize=(1.6 * (k + 1), 1.8 * nq), squeeze=False)
+    rows = [list(result_images[i]) for i in range(nq)]
+    if correct is not None:
+        correct = np.asarray(correct, dtype=bool).reshape(nq, -1)
+    k = correct.shape[1] if correct is not None else max((len(r) for r in rows), default=0)
+    row_height = 1.8 if titles is None and query_titles is None else 2.2  # room for two-line titles
+    fig, axes = plt.subplots(nq, k + 1, figsize=(1.6 * (k + 1), row_height * nq), squeeze=False)
     for i in range(nq):
         ax = axes[i, 0]
-        img = _image(query_images[i])
-        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        ax.set_title("query", fontsize=8)
+        if query_images[i] is None:
+            _tile(ax, "no image")
+        else:
+            img = _image(query_images[i])
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        ax.set_title("query" if query_titles is None else f"query\n{query_titles[i]}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
         for j in range(k):
             ax = axes[i, j + 1]
-            img = _image(result_images[i][j])
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+            if j >= len(rows[i]):
+                ax.axis("off")
+                continue
+            item = rows[i][j]
             ax.set_xticks([])
             ax.set_yticks([])
-            color = "#1a9641" if correct[i, j] else "#d7191c"
-            h, w = img.shape[:2]
+            if item is None or isinstance(item, str):
+                _tile(ax, "missing" if item is None else item)
+                h, w = 8, 8
+            else:
+                img = _image(item)
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+                h, w = img.shape[:2]
+            color = "#888888" if correct is None else ("#1a9641" if correct[i, j] else "#d7191c")
             ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor=color, linewidth=4))
             for spine in ax.spines.values():
                 spine.set_edgecolor(color)
                 spine.set_linewidth(3)
             label = f"#{j + 1}"
             if distances is not None:
-                label += f"  d={int(np.asarray(distances)[i, j])}"
-            ax.set_title(label, fontsize=7, color=color)
+                label += f"  d={int(distances[i][j])}"
+            if titles is not None and titles[i][j] not in (None, ""):
+                label += f"\n{titles[i][j]}"
+            ax.set_title(label, fontsize=7, color=color if correct is not None else "black")
     fig.tight_layout()
     return _save(fig, path)

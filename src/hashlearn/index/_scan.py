@@ -162,6 +162,21 @@ def knn_scan(qw: np.ndarray, dw: np.ndarray, k: int, bits: int) -> tuple[np.ndar
     return kernel(np.ascontiguousarray(qw), np.ascontiguousarray(dw), int(k), int(bits), qb, db_block(dw.shape[1]))
 
 
+def range_count(qw: np.ndarray, dw: np.ndarray, radius: int, bits: int) -> np.ndarray:
+    """Number of codes within ``radius`` of each query (``int64 (nq,)``): the counting pass of
+    :func:`range_scan`, which writes no results."""
+    from hashlearn.index._scan_kernels import RANGE, range_scan_n
+
+    q = np.ascontiguousarray(qw)
+    dw = np.ascontiguousarray(dw)
+    qb = query_block(q.shape[0], 0)
+    kernel = RANGE.get(dw.shape[1], range_scan_n) if qb >= MIN_VECTOR_QUERIES else range_scan_n
+    lims = np.zeros(q.shape[0] + 1, dtype=np.int64)
+    empty_d, empty_p = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64)
+    return np.asarray(kernel(q, dw, int(radius), int(bits), qb, db_block(dw.shape[1]), lims, empty_d, empty_p),
+                      dtype=np.int64)
+
+
 def range_scan(qw: np.ndarray, dw: np.ndarray, radius: int, bits: int):
     """Range search by linear scan: ``(lims, dist int32, positions int64)`` as FAISS.
 

@@ -2,7 +2,8 @@
 
 Layout of a collection directory (format version 2)::
 
-    collection.sqlite   meta(key, value): format, format_version, bits, next_seg
+    collection.sqlite   meta(key, value): format, format_version, bits, next_seg, and root (optional:
+                            the absolute folder that the items' relative paths are relative to)
                         segments(seg, file, rows): rows = committed codes in the segment file
                         batches(seg, start, rows, sha256): the sha256 of every committed run of rows
                             (each ``add`` writes one per segment it touches and 65,536 rows; so does
@@ -215,7 +216,7 @@ class Collection:
         return conn
 
     @staticmethod
-    def _init_schema(conn: sqlite3.Connection, bits: int) -> None:
+    def _init_schema(conn: sqlite3.Connection, bits: int, root: str | None = None) -> None:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("CREATE TABLE segments (seg INTEGER PRIMARY KEY, file TEXT NOT NULL, rows INTEGER NOT NULL)")
@@ -226,7 +227,8 @@ class Collection:
         )
         conn.executemany(
             "INSERT INTO meta VALUES (?, ?)",
-            [("format", FORMAT), ("format_version", str(FORMAT_VERSION)), ("bits", str(bits)), ("next_seg", "0")],
+            [("format", FORMAT), ("format_version", str(FORMAT_VERSION)), ("bits", str(bits)), ("next_seg", "0")]
+            + ([("root", root)] if root is not None else []),
         )
         conn.execute("COMMIT")
 
@@ -249,9 +251,22 @@ class Collection:
 
     @classmethod
     def build(
-        cls, path, bits: int, codes=None, ids=None, paths=None, labels=None, *, lock_timeout: float = LOCK_TIMEOUT
+        cls,
+        path,
+        bits: int,
+        codes=None,
+        ids=None,
+        paths=None,
+        labels=None,
+        *,
+        root=None,
+        lock_timeout: float = LOCK_TIMEOUT,
     ) -> Collection:
         """Create a collection at ``path`` holding ``codes`` (optional), all or nothing.
+
+        ``root``: the folder that relative ``paths`` are relative to, recorded (absolute) so that
+        :meth:`resolve_path` finds the images from anywhere; without it relative paths are taken
+        from the current folder of whoever reads them.
 
         ``path`` must not exist, or be an empty folder (not the current folder). The collection is
         built in a temporary sibling folder ``.NAME.building-PID`` and renamed into place at the end,
@@ -263,6 +278,7 @@ class Collection:
         from hashlearn.index.hamming import _check_bits
 
         bits = _check_bits(bits)
+        root = _abs_root(root)
         target = _out_target(path)
         tmp = target.parent / f".{target.name}.building-{os.getpid()}"
         made: list[Path] = []
@@ -282,7 +298,7 @@ class Collection:
             coll = cls(tmp, _conn=conn, bits=bits, lock_timeout=lock_timeout)
             try:
                 with _sqlite_errors(tmp, lock_timeout):
-                    cls._init_schema(conn, bits)
+                    cls._init_schema(conn, bits, root)
                 if codes is not None:
                     coll.add(codes, ids=ids, paths=paths, labels=labels)
             finally:
@@ -595,8 +611,11 @@ class Collection:
             _fsync_dir(self.path)
 
     @_guarded
-    def add(self, codes, ids=None, paths=None, labels=None) -> np.ndarray:
+    def add(self, codes, ids=None, paths=None, labels=None, *, root=None) -> np.ndarray:
         """Append codes (packed or ``0/1``/``±1``) with optional ids, paths and labels.
+
+        ``root``: the folder that relative ``paths`` are relative to. When it is not the collection's
+        recorded :attr:`root`, relative paths are stored made absolute against it.
 
         Atomic and durable: on return the codes survive a crash; on error nothing changed.
         Refuses a damaged collection (segment lengths, and the checksums of the segment it appends
@@ -616,6 +635,9 @@ class Collection:
         for name, values in (("paths", paths), ("labels", labels)):
             if values is not None and len(values) != n:
                 raise InputError(f"{name}: {len(values)} values for {n} codes")
+        root = _abs_root(root)
+        if paths is not None and root is not None and root != self.root:
+            paths = [p if os.path.isabs(str(p)) else os.path.normpath(os.path.join(root, str(p))) for p in paths]
         conn = self._conn
         self._begin_write(upgrade=True)
         try:
@@ -915,6 +937,22 @@ class Collection:
                 out[i] = {"path": path, "label": label, "added": added}
         return out
 
+    @property
+    @_guarded
+    def root(self) -> str | None:
+        """The absolute folder that relative item paths are relative to (recorded by :meth:`build`),
+        or ``None`` when none was recorded."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'root'").fetchone()
+        return row[0] if row else None
+
+    def resolve_path(self, path: str | None) -> str | None:
+        """An item's stored ``path`` as it opens from anywhere: absolute paths as they are, relative
+        ones joined to :attr:`root` (left relative to the current folder when no root is recorded)."""
+        if path is None or os.path.isabs(path):
+            return path
+        root = self.root
+        return os.path.normpath(os.path.join(root, path)) if root else path
+
     def to_index(self, method: str = "auto", **kwargs):
         """A :class:`HammingIndex` over the live codes (checksums verified, see :meth:`read`)."""
         from hashlearn.index.hamming import HammingIndex
@@ -940,6 +978,7 @@ class Collection:
             "format_version": self.version,
             "bits": self.bits,
             "count": n,
+            "root": self.root,
             "segments": len(snap.segments),
             "rows_written": written,
             "removed_rows": written - n,
@@ -993,6 +1032,13 @@ def _out_target(path) -> Path:
     if target.parent == target:
         raise InputError(f"{path}: cannot build a collection at the root of the file system")
     return target
+
+
+def _abs_root(root) -> str | None:
+    """``root`` as an absolute, normalised folder name (symlinks kept), or ``None``."""
+    if root is None:
+        return None
+    return os.path.normpath(os.path.abspath(os.fspath(root)))
 
 
 def _makedirs(folder: Path) -> list[Path]:

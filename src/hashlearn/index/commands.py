@@ -14,6 +14,14 @@ CODES_FORMAT_HELP = (
 
 
 K_MAX = 2**31 - 1  # larger -k is a typo, not a request: refused rather than clamped
+PLOT_QUERIES, PLOT_RESULTS = 10, 20  # what search --plot draws at most
+ROOT_SAMPLE = 20  # relative paths checked on disk to choose the folder they are relative to
+
+ROOT_HELP = (
+    "folder that relative image paths are relative to (e.g. the folder given to encode --images), recorded in"
+    " the collection so that search shows paths that open from anywhere (default: whichever of these holds the"
+    " first files: the folder of --paths (or of a codes file whose ids are paths), the current folder{more})"
+)
 
 
 def register(sub) -> None:
@@ -31,11 +39,13 @@ def register(sub) -> None:
     _codes_args(p)
     p.add_argument("--out", required=True, metavar="COLLECTION", help="collection folder to create (new or empty)")
     p.add_argument("--bits", type=int, help="code length (default: from the codes file, see above)")
+    p.add_argument("--root", metavar="DIR", help=ROOT_HELP.format(more=""))
     p.set_defaults(func=cmd_build)
 
     p = isub.add_parser("add", help="append codes to a collection (atomic)", description=CODES_FORMAT_HELP)
     p.add_argument("collection", metavar="COLLECTION")
     _codes_args(p)
+    p.add_argument("--root", metavar="DIR", help=ROOT_HELP.format(more=", the collection's recorded root"))
     _lock_arg(p)
     p.set_defaults(func=cmd_add)
 
@@ -99,7 +109,10 @@ def register(sub) -> None:
         help="nearest codes in a collection or codes file",
         description="Exact Hamming search. Query codes: a hashlearn .npz codes file, or a .npy array whose width"
         " decides its layout against the database's bits (ceil(bits/8) uint8 columns: packed; bits columns:"
-        " one 0/1 or -1/+1 value per bit).",
+        " one 0/1 or -1/+1 value per bit). Each query's results end with how many codes share the k-th distance"
+        " and how many of them were shown ('10 of 422 at distance 0'; in --json: kth_distance, tied_at_kth,"
+        " tied_in_results). Image paths are shown as they open from the current folder (relative ones joined"
+        " to the folder recorded by index build --root).",
     )
     db = s.add_mutually_exclusive_group(required=True)
     db.add_argument("--collection", metavar="DIR")
@@ -116,6 +129,27 @@ def register(sub) -> None:
     )
     s.add_argument("--radius", type=int, help="range search: every code within this distance")
     s.add_argument("--method", choices=["auto", "flat", "mih"], default="auto")
+    s.add_argument(
+        "--ties",
+        choices=("index", "random"),
+        default="index",
+        help="order of codes at equal distance: 'index' (default) by id; 'random' a seeded random order, the"
+        " codes at the k-th distance drawn from its whole tie group",
+    )
+    s.add_argument("--seed", type=int, default=0, help="seed of --ties random (default 0)")
+    s.add_argument(
+        "--root",
+        metavar="DIR",
+        help="folder that relative image paths are relative to (default: the collection's recorded root; for"
+        " --codes, with --root the string ids are shown as paths under it)",
+    )
+    s.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help=f"draw the query image (with --image; a placeholder for codes) and its results, from their stored"
+        f" paths (missing files: grey tiles); at most {PLOT_QUERIES} queries and {PLOT_RESULTS} results each"
+        " (.png, .pdf, .svg, ...; no extension: .png)",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_search)
 
@@ -281,19 +315,70 @@ def _infer_bits(codes, file_bits, bits, path="codes"):
     return codes.shape[1]
 
 
+def _folder_arg(path: str, option: str) -> str:
+    """An existing folder named by ``option``, absolute."""
+    import os
+
+    from hashlearn.errors import InputError, NotFoundError
+
+    if not os.path.exists(path):
+        raise NotFoundError(f"{option} {path}: folder not found")
+    if not os.path.isdir(path):
+        raise InputError(f"{option} {path}: not a folder")
+    return os.path.abspath(path)
+
+
+def _paths_root(args, paths, recorded=None):
+    """``(root, note)``: the folder that the relative ``paths`` are relative to.
+
+    ``--root`` when given; otherwise, of the folder of the ``--paths`` file (or of a codes file
+    whose ids are paths), the current folder and the collection's ``recorded`` root, the first in
+    which the most of the first relative paths exist. ``note`` says when some of them are not found
+    there; ``root`` is ``None`` when no path is relative and no ``--root`` is given.
+    """
+    import os
+
+    if args.root:
+        candidates = [_folder_arg(args.root, "--root")]
+    else:
+        source = args.paths if args.paths is not None else args.codes
+        candidates = [os.path.dirname(os.path.abspath(source)), os.getcwd(), recorded]
+        candidates = list(dict.fromkeys(c for c in candidates if c))
+    relative = [p for p in (paths or [])[: 10 * ROOT_SAMPLE] if p and not os.path.isabs(p)][:ROOT_SAMPLE]
+    if not relative:
+        return (candidates[0] if args.root else None), None
+    found = [sum(os.path.exists(os.path.join(c, p)) for p in relative) for c in candidates]
+    best = max(range(len(candidates)), key=lambda i: (found[i], -i))
+    root, note = candidates[best], None
+    if found[best] < len(relative):
+        note = (
+            f"note: {len(relative) - found[best]} of the first {len(relative)} relative image paths are not found"
+            f" under {root}; if they are relative to another folder, give it as --root"
+        )
+    return root, note
+
+
 def cmd_build(args) -> int:
+    import sys
+
     from hashlearn.index.collection import Collection
 
     codes, file_bits, ids, paths = _read_codes(args)
     bits = _infer_bits(codes, file_bits, args.bits, args.codes)
     labels = _lines(args.labels, "labels")
-    with Collection.build(args.out, bits, codes, ids=ids, paths=paths, labels=labels) as coll:
+    root, note = _paths_root(args, paths)
+    with Collection.build(args.out, bits, codes, ids=ids, paths=paths, labels=labels, root=root) as coll:
         n = len(coll)
-    print(f"built {args.out}: {n} codes of {bits} bits")
+    if note:
+        print(note, file=sys.stderr)
+    where = f"; image paths relative to {root}" if root else ""
+    print(f"built {args.out}: {n} codes of {bits} bits{where}")
     return 0
 
 
 def cmd_add(args) -> int:
+    import sys
+
     from hashlearn.errors import InputError
     from hashlearn.index.collection import Collection
 
@@ -304,7 +389,10 @@ def cmd_add(args) -> int:
             raise InputError(
                 f"codes file {args.codes} holds {file_bits}-bit codes; the collection has {coll.bits}-bit codes"
             )
-        added = coll.add(codes, ids=ids, paths=paths, labels=labels)
+        root, note = _paths_root(args, paths, recorded=coll.root)
+        added = coll.add(codes, ids=ids, paths=paths, labels=labels, root=root)
+        if note:
+            print(note, file=sys.stderr)
         print(f"added {len(added)} codes to {args.collection} (now {len(coll)})")
     return 0
 
@@ -468,26 +556,117 @@ def _query_codes(args, bits):
     return codes
 
 
+def _shown_path(path, root):
+    """A stored image path as it opens from the current folder: relative ones joined to ``root``
+    (when there is one), then relative to the current folder when under it, else absolute."""
+    import os
+
+    if path is None:
+        return None
+    if not os.path.isabs(path):
+        if root is None:
+            return path
+        path = os.path.join(root, path)
+    path = os.path.normpath(path)
+    rel = os.path.relpath(path)
+    return rel if rel != os.pardir and not rel.startswith(os.pardir + os.sep) else path
+
+
+def _tie_line(res: dict, ties: str, seed: int) -> str | None:
+    """``10 of 422 at distance 0 ...`` for one query's kNN results (``None`` without results)."""
+    if res.get("kth_distance") is None:
+        return None
+    shown, tied = res["tied_in_results"], res["tied_at_kth"]
+    line = f"  {shown} of {tied} at distance {res['kth_distance']}"
+    if shown < tied:
+        if ties == "index":
+            line += " (the lowest ids of the tie; --ties random draws them at random)"
+        else:
+            line += f" (drawn at random from the tie, --seed {seed})"
+    return line
+
+
+def _thumbnail(path):
+    """A small image of ``path`` for a plot, or the text of the tile drawn instead."""
+    import os
+
+    from hashlearn.errors import HashlearnError
+
+    if path is None:
+        return "no path"
+    if not os.path.isfile(path):
+        return "missing"
+    from hashlearn.data import read_image
+
+    try:
+        return read_image(path, size=96)
+    except HashlearnError:
+        return "unreadable"
+
+
+def _plot_search(args, results, plot):
+    """Draw the first queries and their first results (``search --plot``); returns the file."""
+    import sys
+
+    from hashlearn.eval.plots import plot_query_results
+
+    shown = results[:PLOT_QUERIES]
+    if len(results) > PLOT_QUERIES:
+        print(f"plot: the first {PLOT_QUERIES} of {len(results)} queries", file=sys.stderr)
+    if any(len(r["results"]) > PLOT_RESULTS for r in shown):
+        print(f"plot: at most the top {PLOT_RESULTS} results of each query", file=sys.stderr)
+    if args.image:
+        image = _thumbnail(args.image)
+        query_images, query_titles = [None if isinstance(image, str) else image], [_short(args.image)]
+    else:
+        query_images, query_titles = [None] * len(shown), [f"codes #{r['query']}" for r in shown]
+    for i, res in enumerate(shown):
+        if res.get("kth_distance") is not None and res["tied_in_results"] < res["tied_at_kth"]:
+            query_titles[i] += f"\n{res['tied_in_results']} of {res['tied_at_kth']} tied at d={res['kth_distance']}"
+    rows, dists, titles = [], [], []
+    for res in shown:
+        hits = res["results"][:PLOT_RESULTS]
+        rows.append([_thumbnail(h.get("_file")) for h in hits])
+        dists.append([h["distance"] for h in hits])
+        titles.append([_short(h["label"]) if h.get("label") is not None else f"id {h['id']}" for h in hits])
+    return plot_query_results(query_images, rows, None, plot, distances=dists, titles=titles, query_titles=query_titles)
+
+
+def _short(text, width: int = 18) -> str:
+    text = str(text)
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
 def cmd_search(args) -> int:
     import json
 
     import numpy as np
 
     from hashlearn.errors import InputError
-    from hashlearn.index.hamming import HammingIndex
+    from hashlearn.index.hamming import HammingIndex, random_tie_order
 
     if args.radius is None and not 1 <= args.k <= K_MAX:
         raise InputError(f"-k must be between 1 and {K_MAX:,}, got {args.k}")
     if args.radius is not None and args.radius < 0:
         raise InputError(f"--radius must be at least 0, got {args.radius}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be at least 0, got {args.seed}")
+    plot = None
+    if args.plot:
+        from hashlearn.eval.plots import check_plot_path
+
+        plot = check_plot_path(args.plot, "--plot")  # a typo must not cost the search
+    root = _folder_arg(args.root, "--root") if args.root else None
     coll = None
     names = None
+    info = None
     try:
         if args.collection:
             from hashlearn.index.collection import Collection
 
             coll = Collection.open(args.collection, readonly=True)
             index = coll.to_index(method=args.method)
+            root = root or coll.root
         else:
             if _file_kind(args.codes, "codes") != "npz":
                 raise InputError(
@@ -506,10 +685,16 @@ def cmd_search(args) -> int:
         results = []
         if args.radius is not None:
             lims, dist, ids = index.range_search(queries, args.radius)
-            runs = [(dist[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]]) for i in range(len(lims) - 1)]
+            runs = []
+            for qi in range(len(lims) - 1):
+                d, i = dist[lims[qi] : lims[qi + 1]], ids[lims[qi] : lims[qi + 1]]
+                if args.ties == "random":
+                    order = random_tie_order(d, np.random.default_rng([args.seed, qi]))
+                    d, i = d[order], i[order]
+                runs.append((d, i))
         else:
             k = min(args.k, len(index))  # -k past the database size returns all of it
-            dist, ids = index.search(queries, k)
+            dist, ids, info = index.search_ties(queries, k, ties=args.ties, seed=args.seed)
             runs = [(dist[i][ids[i] >= 0], ids[i][ids[i] >= 0]) for i in range(len(dist))]
         meta = coll.metadata(np.concatenate([r[1] for r in runs])) if coll else {}
     finally:
@@ -520,9 +705,28 @@ def cmd_search(args) -> int:
         for rank, (dd, ii) in enumerate(zip(d.tolist(), i.tolist(), strict=True)):
             hit = {"rank": rank + 1, "id": ii if names is None else str(names[ii]), "distance": dd}
             if ii in meta:
-                hit.update(path=meta[ii]["path"], label=meta[ii]["label"])
+                hit.update(path=_shown_path(meta[ii]["path"], root), label=meta[ii]["label"])
+                hit["_file"] = hit["path"]
+            elif names is not None:
+                hit["_file"] = _shown_path(hit["id"], root)
+                if root is not None:
+                    hit["path"] = hit["_file"]
             hits.append(hit)
-        results.append({"query": qi, "results": hits})
+        res = {"query": qi}
+        if info is not None:
+            shown = len(hits) > 0
+            res.update(
+                kth_distance=int(info["kth_distance"][qi]) if shown else None,
+                tied_at_kth=int(info["tied_at_kth"][qi]),
+                tied_in_results=int(info["tied_in_results"][qi]),
+            )
+        res["results"] = hits
+        results.append(res)
+    if plot is not None:
+        plot = _plot_search(args, results, plot)
+    for res in results:
+        for hit in res["results"]:
+            hit.pop("_file", None)
     if args.json:
         print(json.dumps(results if len(results) != 1 else results[0]))
         return 0
@@ -534,4 +738,9 @@ def cmd_search(args) -> int:
             print(f"{hit['rank']:>4}  id={hit['id']}  distance={hit['distance']}{extra}")
         if not res["results"]:
             print("  (no results)")
+        tie = _tie_line(res, args.ties, args.seed)
+        if tie:
+            print(tie)
+    if plot is not None:
+        print(f"plot: {plot}")
     return 0

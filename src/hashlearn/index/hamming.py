@@ -300,12 +300,14 @@ class HammingIndex:
 
     def search(self, queries, k: int):
         """Exact kNN: ``(distances int32 (nq, k), ids int64 (nq, k))``, rows by (distance, id)."""
-        from hashlearn.index._scan import knn_scan
-
         k = int(k)
         if k < 0:
             raise InputError(f"k must be >= 0, got {k}")
-        qw = self._to_words(queries, "queries")
+        return self._knn(self._to_words(queries, "queries"), k)
+
+    def _knn(self, qw: np.ndarray, k: int):
+        from hashlearn.index._scan import knn_scan
+
         nq = len(qw)
         if k == 0 or nq == 0 or len(self) == 0:
             self.last_method = self.choose_method(k=k)
@@ -323,12 +325,14 @@ class HammingIndex:
     def range_search(self, queries, radius: int):
         """All codes within ``radius``: ``(lims, distances, ids)`` as FAISS; query ``i``'s results are
         ``distances[lims[i]:lims[i+1]]``, ordered by (distance, id)."""
-        from hashlearn.index._scan import range_scan
-
         radius = int(radius)
         if radius < 0:
             raise InputError(f"radius must be >= 0, got {radius}")
-        qw = self._to_words(queries, "queries")
+        return self._range(self._to_words(queries, "queries"), radius)
+
+    def _range(self, qw: np.ndarray, radius: int):
+        from hashlearn.index._scan import range_scan
+
         nq = len(qw)
         if nq == 0 or len(self) == 0:
             return np.zeros(nq + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
@@ -340,6 +344,100 @@ class HammingIndex:
         else:
             lims, dist, pos = range_scan(qw, words, min(radius, self.bits), self.bits)
         return lims, dist, self._ids[pos]
+
+    def count_within(self, queries, radius) -> np.ndarray:
+        """How many codes lie within distance ``radius`` of each query: ``int64 (nq,)``.
+
+        ``radius`` is one integer or one per query; a negative radius counts nothing. Exact, and
+        as cheap as a range search that writes no results (the scan's or MIH's counting pass, per
+        distinct radius). The number of codes at distance exactly ``d`` is
+        ``count_within(q, d) - count_within(q, d - 1)``.
+        """
+        return self._count(self._to_words(queries, "queries"), radius)
+
+    def _count(self, qw: np.ndarray, radius) -> np.ndarray:
+        from hashlearn.index._scan import range_count
+
+        nq = len(qw)
+        radii = _per_query(radius, nq, "radius")
+        counts = np.zeros(nq, dtype=np.int64)
+        if nq == 0 or len(self) == 0:
+            return counts
+        counts[radii >= self.bits] = len(self)
+        words = np.ascontiguousarray(self._words)
+        for r in np.unique(radii[(radii >= 0) & (radii < self.bits)]):
+            sel = np.flatnonzero(radii == r)
+            q = np.ascontiguousarray(qw[sel])
+            method = self.choose_method(radius=int(r), queries=q)
+            self.last_method = method
+            if method == "mih":
+                counts[sel] = self.mih_tables().count(q, words, int(r))
+            else:
+                counts[sel] = range_count(q, words, int(r), self.bits)
+        return counts
+
+    def search_ties(self, queries, k: int, ties: str = "index", seed: int = 0):
+        """Exact kNN that says how the ``k``-th distance's tie group was cut.
+
+        Returns ``(distances, ids, info)``: ``distances``/``ids`` as :meth:`search` (``-1`` pads
+        past the number of codes) and ``info``, a dict of ``(nq,)`` arrays: ``kth_distance`` (the
+        distance of a query's last result; ``-1`` when it has none), ``tied_at_kth`` (how many
+        codes of the whole index lie at that distance) and ``tied_in_results`` (how many of them
+        made it into the results).
+
+        ``ties``: ``"index"`` orders each row by (distance, id), as :meth:`search`; ``"random"``
+        orders each distance's codes at random, drawing the codes at the ``k``-th distance from
+        that distance's whole tie group (every member equally likely to be shown), not from its
+        lowest ids. The draw of query ``i`` depends only on ``(seed, i)``.
+        """
+        if ties not in TIE_RULES:
+            raise InputError(f"ties: expected one of {', '.join(TIE_RULES)}, got {ties!r}")
+        seed = _check_seed(seed)
+        qw = self._to_words(queries, "queries")
+        k = int(k)
+        if k < 0:
+            raise InputError(f"k must be >= 0, got {k}")
+        dist, ids = self._knn(qw, k)
+        used = self.last_method
+        valid = ids >= 0
+        shown = valid.sum(axis=1)
+        has = shown > 0
+        kth = np.full(len(qw), -1, dtype=np.int32)
+        kth[has] = dist[has, shown[has] - 1]
+        closer = ((dist < kth[:, None]) & valid).sum(axis=1)
+        within = self._count(qw, kth)  # kth = -1 counts nothing
+        info = {
+            "kth_distance": kth,
+            "tied_at_kth": np.where(has, within - closer, 0).astype(np.int64),
+            "tied_in_results": (shown - closer).astype(np.int64),
+        }
+        if ties == "random":
+            self._draw_ties(qw, dist, ids, kth, within, seed)
+        self.last_method = used  # the kNN's method (the counts and draws chose their own)
+        return dist, ids, info
+
+    def _draw_ties(self, qw, dist, ids, kth, within, seed: int) -> None:
+        """Rewrite each row of ``dist``/``ids`` in a seeded random order within each distance, its
+        codes at the ``k``-th distance drawn from the whole tie group (range search to that distance)."""
+        shown = (ids >= 0).sum(axis=1)
+        todo = np.flatnonzero(shown > 0)
+        for r in np.unique(kth[todo]):
+            sel = todo[kth[todo] == r]
+            # chunks of queries whose range results (within[q] each) stay under RANGE_CHUNK rows
+            start = 0
+            while start < len(sel):
+                stop, total = start, 0
+                while stop < len(sel) and (stop == start or total + within[sel[stop]] <= RANGE_CHUNK):
+                    total += within[sel[stop]]
+                    stop += 1
+                part = sel[start:stop]
+                lims, rd, rid = self._range(np.ascontiguousarray(qw[part]), int(r))
+                for j, qi in enumerate(part):
+                    d, i = rd[lims[j] : lims[j + 1]], rid[lims[j] : lims[j + 1]]
+                    order = random_tie_order(d, np.random.default_rng([seed, int(qi)]))[: shown[qi]]
+                    dist[qi, : shown[qi]] = d[order]
+                    ids[qi, : shown[qi]] = i[order]
+                start = stop
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -385,6 +483,35 @@ class HammingIndex:
 
     def __repr__(self) -> str:
         return f"HammingIndex(bits={self.bits}, method={self.method!r}, ntotal={len(self)})"
+
+
+TIE_RULES = ("index", "random")
+RANGE_CHUNK = 1 << 24  # range-search rows held at once while drawing ties at random
+
+
+def random_tie_order(distances, rng) -> np.ndarray:
+    """Positions of a run sorted by distance, in a random order (from ``rng``) within each distance:
+    every order of each group of equal distances is equally likely."""
+    d = np.asarray(distances)
+    return np.lexsort((rng.permutation(len(d)), d))
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _per_query(value, nq: int, name: str) -> np.ndarray:
+    """An integer, or one integer per query, as ``int64 (nq,)``."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
+        raise InputError(f"{name}: must be an integer or one integer per query, got {value!r}")
+    if arr.ndim == 0:
+        return np.full(nq, int(arr), dtype=np.int64)
+    if arr.shape != (nq,):
+        raise InputError(f"{name}: {arr.size} values for {nq} queries")
+    return arr.astype(np.int64)
 
 
 MAX_ID = 2**63 - 1  # ids are int64 (SQLite INTEGER); -1 marks a missing result, so ids are >= 0

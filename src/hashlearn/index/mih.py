@@ -171,6 +171,15 @@ class MIHTables:
             pos[:, :want] = out_p.reshape(nq, want)
         return dist, pos
 
+    def count(self, qw: np.ndarray, dw: np.ndarray, radius: int) -> np.ndarray:
+        """Number of codes within ``radius`` of each query (the counting pass of :meth:`range`)."""
+        nq = len(qw)
+        if nq == 0 or len(dw) == 0:
+            return np.zeros(nq, dtype=np.int64)
+        lims = np.zeros(nq + 1, dtype=np.int64)
+        empty_d, empty_p = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64)
+        return np.asarray(self._run(qw, dw, 0, radius, lims, empty_d, empty_p), dtype=np.int64)
+
     def range(self, qw: np.ndarray, dw: np.ndarray, radius: int):
         """Range search as :func:`hashlearn.index._scan.range_scan`: ``(lims, dist, positions)``."""
         nq = len(qw)
