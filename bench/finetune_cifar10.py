@@ -28,7 +28,7 @@ from train_cifar10 import DOCS, RUNS, cmd_text, machine_line, pr_plot, read_metr
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 NAME = "cifar10-1-lite0-finetune"
 SIZE = 96  # the largest image size this 2-core CPU affords for 60,000 images (see the nn/ measurements)
-CUTS = ["stage4", "stage5", "stage6"]  # candidate cut points (the taps above them train)
+CUTS = ["stage4", "stage6", "stage5"]  # candidate cut points (the taps above them train), in the order they run
 BITS = "12,24,32,48"
 TUNE_BITS = 48
 COMMON = [

@@ -385,3 +385,15 @@ def test_info_verify_compact_repair_on_a_sound_collection(files, capsys):
     assert main(["index", "info", coll, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 47 and info["removed_rows"] == 0 and info["damage"] == []
+
+
+def test_build_uses_the_image_root_recorded_in_the_codes_file(tmp_path, capsys, monkeypatch):
+    """`encode --images DIR` records DIR in the codes file: `index build` needs no --root then."""
+    names = write_images(tmp_path / "my_photos", 4)
+    codes = np.random.default_rng(2).integers(0, 2, (4, 16))
+    save_codes(tmp_path / "photos.npz", codes, bits=16, ids=np.array(names),
+               meta={"image_root": str(tmp_path / "my_photos")})
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "build", "--codes", "photos.npz", "--out", "c"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == "" and f"image paths relative to {tmp_path / 'my_photos'}" in printed.out

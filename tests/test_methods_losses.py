@@ -5,7 +5,16 @@ import torch
 
 from hashlearn.errors import InputError
 from hashlearn.methods import get_method, load_all
-from hashlearn.methods.base import Batch, pairwise_likelihood_loss, quantization_loss, similarity
+from hashlearn.methods.base import Batch, pairwise_likelihood_loss, quantization_loss, similarity, total_loss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster, and fair to the other processes on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_batch(n=16, classes=4, seed=0):
@@ -64,7 +73,7 @@ def test_shapes_gradients_and_falling_loss(name, pooled):
     head = method.build_head({t: features[t].shape[1] for t in taps}, pooled=pooled)
     out = head(features)
     assert out.codes.shape == (16, 12)
-    loss = method.loss(out, batch)
+    loss = total_loss(method.loss(out, batch))
     loss.backward()
     params = [p for p in head.parameters() if p.requires_grad]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), "every head parameter gets a gradient"
@@ -74,7 +83,7 @@ def test_shapes_gradients_and_falling_loss(name, pooled):
     first = None
     for _ in range(40):
         opt.zero_grad()
-        loss = method.loss(head(features), batch)
+        loss = total_loss(method.loss(head(features), batch))
         first = float(loss.detach()) if first is None else first
         loss.backward()
         opt.step()
@@ -91,7 +100,7 @@ def test_dmsh_options_change_the_loss():
         m = cls(bits=8, **kw)
         head = m.build_head({"s1": 8, "s2": 16}, pooled=False)
         head.eval()
-        return float(m.loss(head(maps), batch).detach())
+        return float(total_loss(m.loss(head(maps), batch)).detach())
 
     base = loss_of()
     assert loss_of(focal_gamma=2.0) < base
@@ -108,17 +117,19 @@ def test_dmsh_options_change_the_loss():
 
 def test_memory_is_used_and_checkpointable():
     maps, batch = tiny_batch()
-    m = get_method("dpsh")(bits=8, memory=32)
+    m = get_method("dpsh")(bits=8, pairs="memory", memory_size=32)
     head = m.build_head({"s2": 16}, pooled=False)
     out = head(maps)
-    before = float(m.loss(out, batch).detach())
+    before = float(total_loss(m.loss(out, batch)).detach())
     m.on_batch_end(None, batch, out)
-    assert m.state_dict()["memory_codes"].shape == (16, 8)
-    after = float(m.loss(head(maps), batch).detach())
-    assert after != before
-    fresh = get_method("dpsh")(bits=8, memory=32)
+    assert m.state_dict()["recent.codes"].shape == (16, 8)
+    # the same images again: the memory's copies of them are left out, so nothing changes
+    assert torch.isclose(total_loss(m.loss(head(maps), batch)).detach(), torch.tensor(before))
+    others = Batch(labels=batch.labels, index=batch.index + 16)
+    assert float(total_loss(m.loss(head(maps), others)).detach()) != before
+    fresh = get_method("dpsh")(bits=8, pairs="memory", memory_size=32)
     fresh.load_state_dict(m.state_dict())
-    assert torch.equal(fresh.state_dict()["memory_codes"], m.state_dict()["memory_codes"])
+    assert torch.equal(fresh.state_dict()["recent.codes"], m.state_dict()["recent.codes"])
 
 
 def test_dmsh_mlp_scale_heads_and_linear_codes():
@@ -146,7 +157,7 @@ def test_dmsh_feature_fusion_and_normalisation(pooled, normalize):
     out = head(features)
     assert out.codes.shape == (16, 8) and out.codes.abs().max() <= 1
     assert set(out.extras["scales"]) == {"s1", "s2"}
-    loss = m.loss(out, batch)
+    loss = total_loss(m.loss(out, batch))
     loss.backward()
     assert all(p.grad is not None for p in head.parameters())
     if normalize == "bn":
@@ -178,3 +189,30 @@ def test_dmsh_linear_heads_and_bad_options():
     for bad in ({"normalize": "zscore"}, {"fusion": "sum"}, {"scale_head": "attention"}):
         with pytest.raises(InputError):
             get_method("dmsh")(bits=8, **bad)
+
+
+def test_losses_come_as_named_parts_that_sum_to_the_total():
+    maps, batch = tiny_batch()
+    dpsh = get_method("dpsh")(bits=8, pairs="batch", eta=0.5)
+    out = dpsh.build_head({"s2": 16}, pooled=False)(maps)
+    parts = dpsh.loss(out, batch)
+    assert list(parts) == ["likelihood", "quantization"]
+    assert torch.isclose(parts["quantization"], 0.5 * quantization_loss(out.codes))
+    assert torch.equal(total_loss(parts), parts["likelihood"] + parts["quantization"])
+    dmsh = get_method("dmsh")(bits=8, mid_channels=8, deep_supervision=0.3)
+    out = dmsh.build_head({"s1": 8, "s2": 16}, pooled=False)(maps)
+    parts = dmsh.loss(out, batch)
+    assert list(parts) == ["likelihood", "likelihood_s1", "likelihood_s2", "quantization"]
+    s = similarity(batch.labels, batch.labels)
+    off_diagonal = 1 - torch.eye(16)
+    scale = pairwise_likelihood_loss(out.extras["scales"]["s1"], out.extras["scales"]["s1"], s, mask=off_diagonal)
+    assert torch.isclose(parts["likelihood_s1"], 0.3 * scale)  # already weighted by λ
+    assert list(get_method("dmsh")(bits=8, mid_channels=8, deep_supervision=0).loss(out, batch)) == \
+        ["likelihood", "quantization"]
+
+
+def test_total_loss_refuses_what_is_not_named_scalar_parts():
+    with pytest.raises(TypeError, match="dict"):
+        total_loss(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="scalar"):
+        total_loss({"likelihood": torch.ones(3)})

@@ -130,15 +130,22 @@ def test_run_files_are_arrays_and_weights_only_checkpoints(runs):
 
 
 def test_load_run_is_the_one_loader(runs):
+    import hashlearn
+    from hashlearn.codes import pack_bits
     from hashlearn.data import load_dataset
     from hashlearn.methods.shallow import ITQ
-    from hashlearn.train import RunEncoder, load_run
+    from hashlearn.train import Hasher, load_run
     from hashlearn.train.trainer import HashModel
 
+    assert hashlearn.load_run is load_run  # exported at the top level
     ds = load_dataset("digits")
     for kind, model_type in (("deep", HashModel), ("shallow", ITQ)):
-        enc = load_run(runs / kind / "8bits")
-        assert isinstance(enc, RunEncoder) and isinstance(enc.model, model_type)
+        enc = hashlearn.load_run(runs / kind / "8bits")
+        assert isinstance(enc, Hasher) and isinstance(enc.model, model_type) and enc.kind == kind
         assert enc.bits == 8 and enc.channels == 1 and enc.image_size == 8
-        codes = enc.encode(ds.images[:5])
-        assert codes.shape == (5, 8) and set(np.unique(codes)) <= {-1, 1}
+        assert enc.method == ("dpsh" if kind == "deep" else "itq") and enc.config.method == enc.method
+        assert enc.info["kind"] == kind and len(enc.fingerprint) == 64
+        packed = enc.encode(ds.images[:5])
+        assert packed.dtype == np.uint8 and packed.shape == (5, 1)
+        signs = enc.signs(ds.images[:5])
+        assert set(np.unique(signs)) <= {-1, 1} and np.array_equal(pack_bits(signs), packed)

@@ -87,7 +87,7 @@ def test_shallow_method_goes_through_train(digits_run, tmp_path):
 def test_methods_lists_deep_and_shallow_with_papers(capsys):
     assert main(["methods"]) == 0
     text = capsys.readouterr().out
-    assert "deep:" in text and "shallow:" in text
+    assert "deep methods:" in text and "shallow methods:" in text
     for name, paper in (("dmsh", "Redaoui"), ("dpsh", "IJCAI 2016"), ("itq", "Gong")):
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(name + " "))
         assert paper in line
@@ -152,3 +152,59 @@ def test_train_without_protocol_uses_and_says_the_datasets_default(tmp_path, cap
     err_out = capsys.readouterr()
     assert "protocol per-class (the default for digits" in err_out.out + err_out.err
     assert json.loads((out / "8bits" / "metrics.json").read_text())["protocol"] == "per-class"
+
+
+def test_every_run_writes_its_pr_plot_and_reports_the_chance_level(digits_run, capsys):
+    rc, out, _ = digits_run
+    metrics = json.loads((out / "16bits/metrics.json").read_text())
+    assert (out / "16bits/pr_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # digits, 10 balanced classes, 100 queries against the rest: a random ranking scores about 0.1
+    assert 0.09 < metrics["chance_mAP@all"] < 0.12
+    from hashlearn.eval import chance_map, evaluate
+    from hashlearn.train.run import load_data
+
+    ds = load_data("digits")
+    where = {str(i): n for n, i in enumerate(ds.ids)}
+    q = ds.labels[[where[str(i)] for i in load_codes(out / "16bits/query_codes.npz").ids]]
+    d = ds.labels[[where[str(i)] for i in load_codes(out / "16bits/database_codes.npz").ids]]
+    tied = evaluate(np.zeros((len(q), 16), np.int8), np.zeros((len(d), 16), np.int8), q, d, ties="expected")
+    assert chance_map(q, d) == pytest.approx(tied["mAP@all"], abs=1e-9) == metrics["chance_mAP@all"]
+    table = (out / "summary.md").read_text()
+    assert "chance mAP@all" in table.splitlines()[0] and f"{metrics['chance_mAP@all']:.4f}" in table
+
+
+def test_chance_level_of_multi_label_queries():
+    from hashlearn.eval import chance_map
+
+    db = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], np.uint8)
+    q = np.array([[1, 0, 0], [0, 0, 0]], np.uint8)  # 2 of 4 relevant; none relevant scores 0
+    expected = (1 / 3 + (1 + 1 / 2 + 1 / 3 + 1 / 4) * (2 / 3) / 4) / 2
+    assert chance_map(q, db) == pytest.approx(expected)
+
+
+def test_methods_prints_plain_text(capsys):
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    assert not any(mark in text for mark in ("``", "|", "+--", "─", "│", ":math:"))
+    from hashlearn.methods import load_all
+
+    names = load_all().names()
+    lines = [ln.split()[0] for ln in text.splitlines() if ln.startswith("  ")]
+    assert sorted(lines) == names  # one line per method
+
+
+def test_no_code_outside_methods_names_a_method():
+    """Adding a method is one module in methods/: the demo's list is data (configs/demo.yaml)."""
+    import re
+    from pathlib import Path
+
+    from hashlearn.methods import load_all
+
+    src = Path(__file__).parents[1] / "src" / "hashlearn"
+    names = load_all().names()
+    for path in src.rglob("*.py"):
+        if "methods" in path.relative_to(src).parts or path.name == "registry.py":
+            continue
+        text = path.read_text()
+        for name in names:
+            assert not re.search(rf"""["']{re.escape(name)}["']""", text), f"{path} names the method {name!r}"

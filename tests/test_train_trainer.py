@@ -15,8 +15,8 @@ import yaml
 from hashlearn.codes import load_codes
 from hashlearn.errors import InputError
 from hashlearn.methods import get_method
+from hashlearn.nn import create_backbone
 from hashlearn.train import Trainer, load_config, train
-from hashlearn.train.run import build_backbone
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_tiny import tiny_config, tiny_dataset, tiny_split  # noqa: E402
@@ -119,7 +119,7 @@ def test_hooks_are_called_with_batch_indices(data, tmp_path):
     ds, split = data
     cfg = tiny_config()
     method = RecordingDPSH(bits=8)
-    backbone, _ = build_backbone(cfg, method, {"width": 4, "in_channels": 1})
+    backbone = create_backbone("smallcnn", weights="none", seed=0, width=4, in_channels=1)
     part = lambda idx: {"images": ds.images[idx], "labels": ds.labels[idx]}  # noqa: E731
     trainer = Trainer(method, backbone, cfg, tmp_path, train=part(split.train), val=part(split.val), image_size=8)
     trainer.fit()
@@ -146,8 +146,8 @@ def test_frozen_mode_trains_heads_on_cached_features(data, tmp_path, monkeypatch
 
 def test_config_overrides_and_errors(tmp_path):
     cfg = load_config(overrides=["optim.lr=1e-4", "bits=[12,24]", "method_args.focal_gamma=2", "frozen=true"])
-    assert cfg["optim"]["lr"] == 1e-4 and cfg["bits"] == [12, 24] and cfg["frozen"] is True
-    assert cfg["method_args"] == {"focal_gamma": 2}
+    assert cfg.optim.lr == 1e-4 and cfg.bits == [12, 24] and cfg.frozen is True
+    assert cfg.method_args == {"focal_gamma": 2}
     with pytest.raises(InputError, match="unknown setting 'optim.lrr'"):
         load_config(overrides=["optim.lrr=1"])
     with pytest.raises(InputError, match="KEY=VALUE"):
@@ -155,7 +155,7 @@ def test_config_overrides_and_errors(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  epochs: 3\noptim:\n  name: sgd\n")
     cfg = load_config(f, ["train.epochs=4"])
-    assert cfg["train"]["epochs"] == 4 and cfg["optim"]["name"] == "sgd" and cfg["optim"]["lr"] == 1e-3
+    assert cfg.train.epochs == 4 and cfg.optim.name == "sgd" and cfg.optim.lr == 1e-3
     f.write_text("nonsense: 1\n")
     with pytest.raises(InputError, match="unknown setting"):
         load_config(f)
@@ -206,8 +206,9 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
 def test_validate_config_checks_and_normalises():
     from hashlearn.train.config import parse_bits, validate_config
 
-    cfg = validate_config({**load_config(), "bits": "12,24", "optim": {**load_config()["optim"], "lr": "1e-3"}})
-    assert cfg["bits"] == [12, 24] and cfg["optim"]["lr"] == 1e-3
+    defaults = load_config().to_dict()
+    cfg = validate_config({**defaults, "bits": "12,24", "optim": {**defaults["optim"], "lr": "1e-3"}})
+    assert cfg.bits == [12, 24] and cfg.optim.lr == 1e-3
     assert parse_bits(32) == [32] and parse_bits([8, 1024]) == [8, 1024]
     for bad, message in ((7, "out of range"), (True, "whole number"), ("1.5", "whole number"), ([], "no code length"),
                          ([16, 16], "twice")):
@@ -216,7 +217,7 @@ def test_validate_config_checks_and_normalises():
     with pytest.raises(InputError, match=r"train.epochs: expected an integer from 1"):
         load_config(overrides=["train.epochs=0"])
     with pytest.raises(InputError, match="c.yaml: optim.lr"):
-        validate_config({**load_config(), "optim": {"lr": float("inf")}}, where="c.yaml")
+        validate_config({**defaults, "optim": {"lr": float("inf")}}, where="c.yaml")
 
 
 def test_checkpoints_hold_only_what_weights_only_reads():

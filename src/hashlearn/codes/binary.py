@@ -12,12 +12,12 @@ and an explicit ``bits``, never from its values (packed bytes can happen to be a
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from hashlearn._atomic import atomic_target
 from hashlearn.errors import InputError, NotFoundError
 
 FORMAT_VERSION = 1
@@ -178,13 +178,18 @@ def hamming_distances(query_packed: np.ndarray, database_packed: np.ndarray) -> 
     return hamming_matrix(to_words(q), to_words(d))
 
 
+META_PREFIX = "meta_"  # code-file metadata: 0-d string arrays named meta_<key>
+
+
 @dataclass
 class CodeSet:
-    """Packed codes with their bit count and one id per code."""
+    """Packed codes with their bit count, one id per code, and the file's string metadata
+    (e.g. ``run_fingerprint``: the run that made them; ``image_root``: what relative ids are relative to)."""
 
     packed: np.ndarray
     bits: int
     ids: np.ndarray
+    meta: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.packed)
@@ -193,9 +198,13 @@ class CodeSet:
         return unpack_bits(self.packed, self.bits)
 
 
-def save_codes(path, packed, bits: int, ids=None) -> Path:
-    """Save packed codes with their ids to ``path`` (``.npz``), atomically."""
+def save_codes(path, packed, bits: int, ids=None, meta: dict[str, str] | None = None) -> Path:
+    """Save packed codes with their ids (and string ``meta``data) to ``path`` (``.npz``), atomically."""
     packed, bits = as_packed(packed, bits)
+    meta = dict(meta or {})
+    for key, value in meta.items():
+        if not (isinstance(key, str) and key.isidentifier() and isinstance(value, str)):
+            raise InputError(f"code-file metadata must map names to strings, got {key!r}: {value!r}")
     if ids is None:
         ids = np.arange(len(packed), dtype=np.int64)
     ids = np.asarray(ids)
@@ -205,9 +214,9 @@ def save_codes(path, packed, bits: int, ids=None) -> Path:
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, packed=packed, bits=np.int64(bits), ids=ids, format_version=np.int64(FORMAT_VERSION))
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        np.savez(tmp, packed=packed, bits=np.int64(bits), ids=ids, format_version=np.int64(FORMAT_VERSION),
+                 **{META_PREFIX + k: np.str_(v) for k, v in meta.items()})
     return path
 
 
@@ -250,6 +259,7 @@ def load_codes(path, bits: int | None = None, name: str | None = None) -> CodeSe
                 )
             packed, file_bits = f["packed"], f["bits"]
             ids = f["ids"] if "ids" in f.files else None
+            meta = {k[len(META_PREFIX):]: f[k] for k in f.files if k.startswith(META_PREFIX)}
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, InputError):
             raise
@@ -264,4 +274,7 @@ def load_codes(path, bits: int | None = None, name: str | None = None) -> CodeSe
         ids = np.arange(len(packed), dtype=np.int64)
     if ids.ndim != 1 or len(ids) != len(packed):
         raise InputError(f"{where}: {len(ids)} ids for {len(packed)} codes")
-    return CodeSet(packed=packed, bits=file_bits, ids=ids)
+    for key, value in meta.items():
+        if value.ndim != 0 or value.dtype.kind != "U":
+            raise InputError(f"{where}: metadata {key} must be one string, got {value.dtype} {value.shape}")
+    return CodeSet(packed=packed, bits=file_bits, ids=ids, meta={k: str(v) for k, v in meta.items()})

@@ -53,6 +53,7 @@ from hashlearn._lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate": "hashlearn.eval.metrics",
+    "chance_map": "hashlearn.eval.metrics",
     "mean_average_precision": "hashlearn.eval.metrics",
     "precision_recall_curve": "hashlearn.eval.metrics",
     "precision_at_n": "hashlearn.eval.metrics",

@@ -328,3 +328,28 @@ def weighted_map(
         graded=True,
     )
     return dict(res.wmap)
+
+
+def chance_map(query_labels: np.ndarray, database_labels: np.ndarray, chunk: int = 1024) -> float:
+    """The mAP@all of a random ranking, from the labels: the mean over queries of the expected AP
+    of a uniformly random order of the database, ``E[AP] = a + H_N (1 − a) / N`` with
+    ``a = (R − 1) / (N − 1)`` for a query with ``R ≥ 1`` relevant items among ``N`` (0 when
+    ``R = 0``). About the fraction R/N of relevant items; it equals what
+    :func:`hashlearn.eval.evaluate` gives for codes that are all equal (one tie, ``expected``).
+    Relevance as the evaluator's: the same class, or a shared label for multi-hot labels."""
+    q, d = np.asarray(query_labels), np.asarray(database_labels)
+    n = len(d)
+    if n == 0 or len(q) == 0:
+        return 0.0
+    if q.ndim == 1:
+        classes, counts = np.unique(d, return_counts=True)
+        lookup = dict(zip(classes.tolist(), counts.tolist(), strict=True))
+        relevant = np.array([lookup.get(c, 0) for c in q.tolist()], dtype=np.float64)
+    else:
+        db = (d > 0).astype(np.float32)
+        relevant = np.concatenate([((q[i:i + chunk] > 0).astype(np.float32) @ db.T > 0).sum(1)
+                                   for i in range(0, len(q), chunk)]).astype(np.float64)
+    harmonic = float(np.sum(1.0 / np.arange(1, n + 1)))
+    a = (relevant - 1) / max(n - 1, 1) if n > 1 else np.zeros_like(relevant)
+    ap = np.where(relevant > 0, a + harmonic * (1 - a) / n, 0.0)
+    return float(ap.mean())

@@ -260,24 +260,26 @@ def _lines(path, what: str):
 
 
 def _read_codes(args):
-    """``(codes array, bits of a .npz or None, ids or None, paths or None)`` from ``--codes`` (.npy or
-    .npz), ``--ids`` and ``--paths``.
+    """``(codes array, bits of a .npz or None, ids or None, paths or None, image root or None)`` from
+    ``--codes`` (.npy or .npz), ``--ids`` and ``--paths``.
 
     A hashlearn codes file whose ids are strings (``hashlearn encode --images`` writes
-    image paths) gets integer ids from the collection and keeps the strings as paths.
+    image paths) gets integer ids from the collection and keeps the strings as paths; the folder
+    they are relative to is the file's recorded ``image_root`` (``encode --images`` records it).
     """
     import numpy as np
 
     from hashlearn.errors import InputError
 
-    ids = None
+    ids = image_root = None
     paths = _lines(args.paths, "paths")
     kind = _file_kind(args.codes, "codes")
     if kind == "npz":
         cs = _load_codes_file(args.codes, "codes")
         codes, bits, ids = cs.packed, cs.bits, cs.ids
         if not np.issubdtype(ids.dtype, np.integer):
-            paths = paths if paths is not None else [str(i) for i in ids]
+            if paths is None:
+                paths, image_root = [str(i) for i in ids], cs.meta.get("image_root")
             ids = None
     elif kind == "npy":
         codes, bits = _load_array(args.codes, "codes"), None
@@ -285,7 +287,7 @@ def _read_codes(args):
         raise InputError(f"codes file {args.codes}: neither a .npy array nor a hashlearn .npz codes file")
     if getattr(args, "ids", None):
         ids = _load_array(args.ids, "ids")
-    return np.asarray(codes), bits, ids, paths
+    return np.asarray(codes), bits, ids, paths, image_root
 
 
 def _infer_bits(codes, file_bits, bits, path="codes"):
@@ -328,11 +330,12 @@ def _folder_arg(path: str, option: str) -> str:
     return os.path.abspath(path)
 
 
-def _paths_root(args, paths, recorded=None):
+def _paths_root(args, paths, recorded=None, image_root=None):
     """``(root, note)``: the folder that the relative ``paths`` are relative to.
 
-    ``--root`` when given; otherwise, of the folder of the ``--paths`` file (or of a codes file
-    whose ids are paths), the current folder and the collection's ``recorded`` root, the first in
+    ``--root`` when given; otherwise, of the codes file's recorded ``image_root``, the folder of the
+    ``--paths`` file (or of a codes file whose ids are paths), the current folder and the
+    collection's ``recorded`` root, the first in
     which the most of the first relative paths exist. ``note`` says when some of them are not found
     there; ``root`` is ``None`` when no path is relative and no ``--root`` is given.
     """
@@ -342,7 +345,7 @@ def _paths_root(args, paths, recorded=None):
         candidates = [_folder_arg(args.root, "--root")]
     else:
         source = args.paths if args.paths is not None else args.codes
-        candidates = [os.path.dirname(os.path.abspath(source)), os.getcwd(), recorded]
+        candidates = [image_root, os.path.dirname(os.path.abspath(source)), os.getcwd(), recorded]
         candidates = list(dict.fromkeys(c for c in candidates if c))
     relative = [p for p in (paths or [])[: 10 * ROOT_SAMPLE] if p and not os.path.isabs(p)][:ROOT_SAMPLE]
     if not relative:
@@ -363,10 +366,10 @@ def cmd_build(args) -> int:
 
     from hashlearn.index.collection import Collection
 
-    codes, file_bits, ids, paths = _read_codes(args)
+    codes, file_bits, ids, paths, image_root = _read_codes(args)
     bits = _infer_bits(codes, file_bits, args.bits, args.codes)
     labels = _lines(args.labels, "labels")
-    root, note = _paths_root(args, paths)
+    root, note = _paths_root(args, paths, image_root=image_root)
     with Collection.build(args.out, bits, codes, ids=ids, paths=paths, labels=labels, root=root) as coll:
         n = len(coll)
     if note:
@@ -382,14 +385,14 @@ def cmd_add(args) -> int:
     from hashlearn.errors import InputError
     from hashlearn.index.collection import Collection
 
-    codes, file_bits, ids, paths = _read_codes(args)
+    codes, file_bits, ids, paths, image_root = _read_codes(args)
     labels = _lines(args.labels, "labels")
     with Collection.open(args.collection, readonly=False, lock_timeout=args.lock_timeout) as coll:
         if file_bits is not None and file_bits != coll.bits:
             raise InputError(
                 f"codes file {args.codes} holds {file_bits}-bit codes; the collection has {coll.bits}-bit codes"
             )
-        root, note = _paths_root(args, paths, recorded=coll.root)
+        root, note = _paths_root(args, paths, recorded=coll.root, image_root=image_root)
         added = coll.add(codes, ids=ids, paths=paths, labels=labels, root=root)
         if note:
             print(note, file=sys.stderr)
@@ -531,6 +534,10 @@ def _query_codes(args, bits):
                 "searching by image needs hashlearn.train.encode_images, which this installation lacks"
             ) from None
         packed, qbits = encode_images(args.run, [args.image])
+        if getattr(args, "codes", None):  # codes made by another model would make a meaningless answer
+            from hashlearn.train import check_codes_match_run
+
+            check_codes_match_run(args.codes, args.run)
         if qbits != bits:
             raise InputError(f"the model of {args.run} makes {qbits}-bit codes; the database has {bits}-bit codes")
         return packed

@@ -1,22 +1,30 @@
-"""The interface every deep hashing method implements, and the pieces pairwise losses share.
+"""The interface every deep hashing method implements, and the pieces its losses share.
 
 A method is one small class (see ``dpsh.py``, ``dmsh.py``):
 
-* hyper-parameters in ``__init__`` with defaults (``bits`` first);
+* hyper-parameters in ``__init__`` with defaults (``bits`` first), each checked there for
+  type and range (:func:`check_int`, :func:`check_number`, :func:`check_choice`, …: an
+  :class:`~hashlearn.errors.InputError` naming the method and the argument);
 * :meth:`Method.build_head` builds its head(s) on top of a backbone, given the channels of
   the backbone taps it asked for (:attr:`Method.taps`);
-* :meth:`Method.loss` computes a scalar loss from the head's :class:`MethodOutput` and the
-  :class:`Batch`;
+* :meth:`Method.loss` returns the loss as **named parts** ``{name: scalar tensor}``, each
+  already weighted; the total is their sum, :func:`total_loss` (pytorch-metric-learning's
+  named sub-losses), so the training log shows every term;
 * optional hooks (``on_train_start``, ``on_epoch_start``, ``on_batch_end``,
   ``on_epoch_end``) for methods that alternate network steps with code or similarity
   updates (ADSH/ExchNet database codes, DSAH similarity rounds, BCDH auxiliary codes). A
   hook receives the trainer's :class:`TrainState`, which exposes the training set's
-  labels, an ``encode_train()`` function, the epoch, and ``state.method_state`` — a dict of
-  tensors the method owns (saved in every checkpoint, restored on resume).
+  labels, an ``encode_train()`` function, the epoch, and ``state.method_state``;
+* memories (:mod:`hashlearn.methods.memory`: a FIFO of recent codes, the per-image codes
+  ``U``) registered in ``self._memories`` are updated by the default :meth:`Method.on_batch_end`
+  and saved by :meth:`Method.state_dict` (tensors only: checkpoints are read with
+  ``torch.load(weights_only=True)``). Miners (:mod:`hashlearn.methods.miners`) and reusable
+  loss terms (:mod:`hashlearn.methods.losses`) are separate small objects a method composes.
 
-One head serves both training modes. In fine-tune mode the head receives
-``{tap: (B, C, H, W)}`` feature maps; in frozen-backbone mode it receives cached pooled
-vectors ``{tap: (B, C)}``. :func:`pool` turns either into ``(B, C)``, so a head that only
+One head serves every training mode. End to end, and when fine-tuning above a cached cut
+(``--finetune-from TAP``), the head receives ``{tap: (B, C, H, W)}`` feature maps; with a
+frozen backbone it receives cached pooled vectors ``{tap: (B, C)}``, or cached maps when the
+method sets ``spatial = True``. :func:`pool` turns either into ``(B, C)``, so a head that only
 needs vectors works unchanged; a head with convolutional layers (DMSH) builds an MLP
 instead when told ``pooled=True``.
 
@@ -26,6 +34,9 @@ and for integer class labels ``s_ij = 1[y_i = y_j]``.
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,8 +101,8 @@ def pairwise_likelihood_loss(
 
     ``focal_gamma > 0`` gives the focal form ``−(1 − p_t)^γ log p_t`` with ``p = σ(Θ)``
     (spec §7). ``balance`` weights similar and dissimilar pairs so each class of pair
-    contributes half the loss (HashNet-style ``w_ij``). ``mask`` (0/1) drops pairs, e.g.
-    ``i = j``.
+    contributes half the loss (HashNet-style ``w_ij``). ``mask`` (0/1 or bool) drops pairs,
+    e.g. ``i = j``.
     """
     theta = 0.5 * (u_a @ u_b.T)
     # −log p_t for p = σ(Θ): softplus(Θ) − sΘ, numerically stable for large |Θ|
@@ -100,10 +111,10 @@ def pairwise_likelihood_loss(
         p = torch.sigmoid(theta)
         p_t = torch.where(s > 0, p, 1 - p)
         nll = (1 - p_t).pow(focal_gamma) * nll
-    weights = torch.ones_like(nll) if mask is None else mask.float()
+    weights = torch.ones_like(nll) if mask is None else mask.to(nll.dtype)
     if balance:
-        pos = (s > 0).float() * weights
-        neg = (s <= 0).float() * weights
+        pos = (s > 0).to(nll.dtype) * weights
+        neg = (s <= 0).to(nll.dtype) * weights
         n_pos, n_neg = pos.sum().clamp(min=1), neg.sum().clamp(min=1)
         weights = pos * (0.5 / n_pos) + neg * (0.5 / n_neg)
         return (weights * nll).sum()
@@ -111,34 +122,74 @@ def pairwise_likelihood_loss(
 
 
 def quantization_loss(u: Tensor) -> Tensor:
-    """``mean_i ‖u_i − sgn(u_i)‖² / bits`` (per-element mean; sgn(0) = +1)."""
+    """``mean_{i,d} (u_id − sgn(u_id))²`` — ``Σ_i ‖u_i − b_i‖²`` (spec §8) as a per-entry mean;
+    ``b = sgn(u)`` with sgn(0) = +1, held constant (no gradient through the sign)."""
     b = torch.where(u >= 0, torch.ones_like(u), -torch.ones_like(u)).detach()
     return (u - b).pow(2).mean()
 
 
-class CodeMemory:
-    """A first-in-first-out memory of recent (detached) codes and their labels, so a
-    pairwise loss can also compare the batch against the last ``size`` training codes.
-    Its tensors live in ``method_state`` so they are checkpointed."""
+def total_loss(parts: dict[str, Tensor]) -> Tensor:
+    """The loss to minimise: the sum of a method's named, already weighted parts.
 
-    def __init__(self, size: int):
-        self.size = int(size)
-        self.codes: Tensor | None = None
-        self.labels: Tensor | None = None
+    ``parts`` is what :meth:`Method.loss` returns; a method that returns anything else (a bare
+    tensor, a non-scalar part) is a bug, so this raises ``TypeError``."""
+    if not isinstance(parts, dict) or not parts:
+        raise TypeError(f"Method.loss must return a non-empty dict {{name: scalar tensor}}, got {type(parts).__name__}")
+    total = None
+    for name, value in parts.items():
+        if not isinstance(name, str) or not isinstance(value, Tensor) or value.dim() != 0:
+            raise TypeError(f"loss part {name!r} must be a scalar tensor named by a string, got "
+                            f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}")
+        total = value if total is None else total + value
+    return total
 
-    def push(self, codes: Tensor, labels: Tensor) -> None:
-        codes, labels = codes.detach(), labels.detach()
-        if self.codes is None:
-            self.codes, self.labels = codes[-self.size :], labels[-self.size :]
-        else:
-            self.codes = torch.cat([self.codes, codes])[-self.size :]
-            self.labels = torch.cat([self.labels, labels])[-self.size :]
 
-    def state(self) -> dict[str, Tensor]:
-        return {} if self.codes is None else {"memory_codes": self.codes, "memory_labels": self.labels}
+# --- hyper-parameter checks (one line naming the method and the argument) ------------------
+def check_int(who: str, name: str, value: Any, minimum: int | None = None) -> int:
+    """An integer (an integral float such as YAML's ``8.0`` is accepted; ``True`` is not)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    need = "an integer" + (f" >= {minimum}" if minimum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
+        raise InputError(f"{who}: {name} must be {need}, got {value!r}")
+    return int(value)
 
-    def load(self, state: dict[str, Tensor]) -> None:
-        self.codes, self.labels = state.get("memory_codes"), state.get("memory_labels")
+
+def check_number(who: str, name: str, value: Any, minimum: float | None = None) -> float:
+    """A finite number ``>= minimum``; a numeric string is accepted (YAML reads ``1e-3`` as one)."""
+    need = "a finite number" + (f" >= {minimum:g}" if minimum is not None else "")
+    given = value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise InputError(f"{who}: {name} must be {need}, got {given!r}") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or (minimum is not None and value < minimum):
+        raise InputError(f"{who}: {name} must be {need}, got {given!r}")
+    return float(value)
+
+
+def check_bool(who: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"{who}: {name} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(who: str, name: str, value: Any, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"{who}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_names(who: str, name: str, value: Any, none: bool = True) -> list[str] | None:
+    """A non-empty list of non-empty strings (backbone tap names), or None when ``none``."""
+    if value is None and none:
+        return None
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    raise InputError(f"{who}: {name} must be a non-empty list of names{' or null' if none else ''}, got {value!r}")
 
 
 class Method:
@@ -150,12 +201,17 @@ class Method:
     """
 
     kind = "deep"
+    #: the prefix of this method's error messages (subclasses set their registered name)
+    name = "method"
+    #: True: the head reads spatial maps ``{tap: (B, C, H, W)}`` in every mode (attention, VLAD,
+    #: part or conv scale heads), so a frozen backbone gives it cached maps at its taps instead of
+    #: pooled vectors. False: pooled vectors are enough when the backbone is frozen.
+    spatial = False
 
     def __init__(self, bits: int):
-        if int(bits) <= 0:
-            raise InputError(f"bits must be a positive integer, got {bits}")
-        self.bits = int(bits)
-        self.last_parts: dict[str, float] = {}
+        self.bits = check_int(self.name, "bits", bits, minimum=1)
+        #: memories this method owns, by name (their tensors are its checkpointed state)
+        self._memories: dict[str, Any] = {}
 
     # --- what the trainer asks -------------------------------------------------------
     def taps(self, default_taps: list[str]) -> list[str]:
@@ -168,10 +224,13 @@ class Method:
         """A module mapping ``{tap: tensor}`` to a :class:`MethodOutput`."""
         raise NotImplementedError
 
-    def loss(self, out: MethodOutput, batch: Batch) -> Tensor:
+    def loss(self, out: MethodOutput, batch: Batch) -> dict[str, Tensor]:
+        """The loss's named parts ``{name: scalar tensor}``, each already weighted; the
+        trainer minimises their sum (:func:`total_loss`) and logs each one's epoch mean.
+        A loss reads the memories but never changes them (they change in ``on_batch_end``)."""
         raise NotImplementedError
 
-    # --- optional hooks (no-ops by default) --------------------------------------------
+    # --- optional hooks ----------------------------------------------------------------
     def on_train_start(self, state: Any) -> None:
         pass
 
@@ -179,55 +238,48 @@ class Method:
         pass
 
     def on_batch_end(self, state: Any, batch: Batch, out: MethodOutput) -> None:
-        pass
+        """Default: every memory takes the batch's (index, detached codes, labels).
+
+        Data parallelism: each rank's loss sees only its own batch, but every rank's memories
+        must hold the same rows. A distributed trainer gives its ``TrainState`` an
+        ``all_gather(tensor) -> tensor`` (the ranks' tensors concatenated in rank order); the
+        rows are then gathered before :meth:`update_memories`, so all ranks stay identical."""
+        if self._memories:
+            self.update_memories(batch.index, out.codes, batch.labels, gather=getattr(state, "all_gather", None))
 
     def on_epoch_end(self, state: Any) -> None:
         pass
 
+    def update_memories(self, index: Tensor, codes: Tensor, labels: Tensor,
+                        gather: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Write the rows ``(index, codes, labels)`` into every memory (codes detached);
+        ``gather`` (e.g. an all-gather across ranks) is applied to each tensor first."""
+        codes = codes.detach()
+        index = index.to(codes.device)
+        labels = labels.to(codes.device)
+        if gather is not None:
+            index, codes, labels = gather(index), gather(codes), gather(labels)
+        for memory in self._memories.values():
+            memory.update(index, codes, labels)
+
     # --- state the method owns (checkpointed) ---------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
-        return {}
+        """Tensors only, ``"<memory>.<tensor>"``: what ``torch.load(weights_only=True)`` reads back."""
+        return {f"{name}.{key}": value for name, memory in self._memories.items()
+                for key, value in memory.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        pass
+        """Restore :meth:`state_dict`'s tensors; a key no memory owns is a ``KeyError``."""
+        owned = {name: {} for name in self._memories}
+        for key, value in state.items():
+            name, _, rest = key.partition(".")
+            if name not in owned or not rest:
+                raise KeyError(f"method state {key!r} belongs to no memory of {type(self).__name__}")
+            owned[name][rest] = value
+        for name, memory in self._memories.items():
+            memory.load_state_dict(owned[name])
 
     def hparams(self) -> dict[str, Any]:
         """The constructor arguments as plain values (recorded in the run's config)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "last_parts"
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")
                 and isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
-
-
-class PairwiseMethod(Method):
-    """Shared batch + memory pairwise-likelihood machinery for DPSH-family methods."""
-
-    def __init__(self, bits: int, memory: int = 0):
-        super().__init__(bits)
-        self.memory = int(memory)
-        if self.memory < 0:
-            raise InputError(f"memory must be >= 0 (0 = no memory of recent codes), got {memory}")
-        self._memory = CodeMemory(self.memory) if self.memory > 0 else None
-
-    def pair_loss(self, u: Tensor, labels: Tensor, focal_gamma: float = 0.0, balance: bool = False) -> Tensor:
-        """Pairwise loss of the batch against itself (pairs i ≠ j) and, when a memory is
-        kept, against the memory of recent codes."""
-        n = len(u)
-        s = similarity(labels, labels)
-        mask = 1 - torch.eye(n, device=u.device)
-        loss = pairwise_likelihood_loss(u, u, s, focal_gamma, balance, mask)
-        if self._memory is not None and self._memory.codes is not None:
-            mem_codes = self._memory.codes.to(u.device)
-            mem_s = similarity(labels, self._memory.labels.to(labels.device))
-            loss = 0.5 * (loss + pairwise_likelihood_loss(u, mem_codes, mem_s, focal_gamma, balance))
-        return loss
-
-    def on_batch_end(self, state: Any, batch: Batch, out: MethodOutput) -> None:
-        if self._memory is not None:
-            self._memory.push(out.codes, batch.labels)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self._memory.state() if self._memory is not None else {}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if self._memory is not None:
-            self._memory.load(state)
-

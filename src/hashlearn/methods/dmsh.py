@@ -20,7 +20,9 @@ Every [INFER] choice of the spec is a setting:
 * ``deep_supervision`` (λ_s, same for all scales; 0 disables the per-scale losses);
 * ``eta`` (quantization weight); ``focal_gamma`` (0 = plain likelihood, 2 = the spec's focal
   option); ``balance`` (weight similar and dissimilar pairs equally, HashNet-style);
-* ``mid_channels`` (width of the per-scale head), ``memory`` (compare with recent codes);
+* ``mid_channels`` (width of the per-scale head); ``pairs`` (``"batch"``, the default; ``"memory"``
+  with ``memory_size`` recent codes; ``"all"``: every training image's last code, DPSH's ``U``) —
+  the reference of the fused code's likelihood (:mod:`hashlearn.methods.pairwise`);
 * ``activation``: ``"tanh"`` (spec) or ``"none"`` (linear codes, as DPSH);
 * ``scale_head``: ``"conv"`` (spec) or ``"mlp"`` (pool each tap first, then the MLP head below,
   also in fine-tune mode). On Fashion-MNIST with the small CNN (2 epochs, 32 bits) the conv
@@ -33,6 +35,8 @@ ReLU; 3×3 conv (``mid``), ReLU; global average pooling; FC → k; tanh. On a po
 ``(B, C)`` (frozen-backbone mode, cached features): the convolutions cannot apply, so the
 head is an MLP with the same widths: FC(C → mid), BN, ReLU, FC(mid → mid), ReLU, FC → k, tanh.
 
+The loss comes as named parts (:meth:`DMSH.loss`): ``likelihood`` (fused code),
+``likelihood_<tap>`` (each scale, weighted by λ) and ``quantization``.
 Normalisation as in :mod:`hashlearn.methods.dpsh`: means over pairs and code entries.
 """
 
@@ -47,11 +51,15 @@ from hashlearn.methods import register_method
 from hashlearn.methods.base import (
     Batch,
     MethodOutput,
-    PairwiseMethod,
-    pairwise_likelihood_loss,
+    check_bool,
+    check_choice,
+    check_int,
+    check_names,
+    check_number,
     quantization_loss,
-    similarity,
 )
+from hashlearn.methods.losses import PairwiseLikelihood
+from hashlearn.methods.pairwise import PairwiseMethod
 
 
 class ScaleHead(nn.Module):
@@ -150,6 +158,8 @@ class DMSHHead(nn.Module):
 class DMSH(PairwiseMethod):
     """Multi-scale taps, a head per scale, fused code; pairwise likelihood + quantization."""
 
+    name = "dmsh"
+
     def __init__(
         self,
         bits: int,
@@ -159,33 +169,26 @@ class DMSH(PairwiseMethod):
         focal_gamma: float = 0.0,
         balance: bool = False,
         mid_channels: int = 256,
-        memory: int = 0,
+        pairs: str = "batch",
+        memory_size: int = 0,
         taps: list[str] | None = None,
         activation: str = "tanh",
         scale_head: str = "conv",
         normalize: str = "none",
     ):
-        super().__init__(bits, memory=memory)
-        if fusion not in ("concat", "average", "feature"):
-            raise InputError(f"dmsh: fusion must be 'concat', 'average' or 'feature', got {fusion!r}")
-        if focal_gamma < 0 or eta < 0 or deep_supervision < 0:
-            raise InputError("dmsh: focal_gamma, eta and deep_supervision must be >= 0")
-        if activation not in ("tanh", "none"):
-            raise InputError(f"dmsh: activation must be 'tanh' or 'none', got {activation!r}")
-        if scale_head not in ("conv", "mlp", "linear"):
-            raise InputError(f"dmsh: scale_head must be 'conv', 'mlp' or 'linear', got {scale_head!r}")
-        if normalize not in ("none", "bn", "l2"):
-            raise InputError(f"dmsh: normalize must be 'none', 'bn' or 'l2', got {normalize!r}")
-        self.normalize = normalize
-        self.activation = activation
-        self.scale_head = scale_head
-        self.fusion = fusion
-        self.deep_supervision = float(deep_supervision)
-        self.eta = float(eta)
-        self.focal_gamma = float(focal_gamma)
-        self.balance = bool(balance)
-        self.mid_channels = int(mid_channels)
-        self.tap_names = list(taps) if taps else None
+        super().__init__(bits, pairs=pairs, memory_size=memory_size)
+        who = self.name
+        self.fusion = check_choice(who, "fusion", fusion, ("concat", "average", "feature"))
+        self.deep_supervision = check_number(who, "deep_supervision", deep_supervision, minimum=0)
+        self.eta = check_number(who, "eta", eta, minimum=0)
+        self.focal_gamma = check_number(who, "focal_gamma", focal_gamma, minimum=0)
+        self.balance = check_bool(who, "balance", balance)
+        self.mid_channels = check_int(who, "mid_channels", mid_channels, minimum=1)
+        self.tap_names = check_names(who, "taps", taps)
+        self.activation = check_choice(who, "activation", activation, ("tanh", "none"))
+        self.scale_head = check_choice(who, "scale_head", scale_head, ("conv", "mlp", "linear"))
+        self.normalize = check_choice(who, "normalize", normalize, ("none", "bn", "l2"))
+        self._likelihood = PairwiseLikelihood(self.focal_gamma, self.balance)
 
     def taps(self, default_taps: list[str]) -> list[str]:
         return list(self.tap_names) if self.tap_names else list(default_taps)
@@ -195,21 +198,18 @@ class DMSH(PairwiseMethod):
         return DMSHHead(tap_channels, self.bits, self.mid_channels, pooled, self.fusion, self.activation,
                         kind, self.normalize)
 
-    def loss(self, out: MethodOutput, batch: Batch) -> Tensor:
-        fused = self.pair_loss(out.codes, batch.labels, self.focal_gamma, self.balance)
-        total = fused
-        scale_loss = torch.zeros((), device=out.codes.device)
-        if self.deep_supervision > 0:
-            for u_s in out.extras.get("scales", {}).values():
-                scale_loss = scale_loss + self.pair_loss_batch_only(u_s, batch.labels)
-            total = total + self.deep_supervision * scale_loss
-        quant = quantization_loss(out.codes)
-        total = total + self.eta * quant
-        self.last_parts = {"pair": float(fused.detach()), "scales": float(scale_loss.detach()),
-                           "quant": float(quant.detach())}
-        return total
+    def loss(self, out: MethodOutput, batch: Batch) -> dict[str, Tensor]:
+        """Named parts (spec §7, ``L = L_pair(u) + Σ_s λ_s L_pair(u^(s)) + η L_quan(u)``):
 
-    def pair_loss_batch_only(self, u: Tensor, labels: Tensor) -> Tensor:
-        """Per-scale pairwise loss (within the batch; the memory holds fused codes only)."""
-        mask = 1 - torch.eye(len(u), device=u.device)
-        return pairwise_likelihood_loss(u, u, similarity(labels, labels), self.focal_gamma, self.balance, mask)
+        * ``likelihood``: ``L_pair(u)`` of the fused code against the reference of ``pairs``;
+        * ``likelihood_<tap>``: ``λ · L_pair(u^(s))`` of scale ``s`` (``λ = deep_supervision``;
+          absent when 0), within the batch (the memories hold fused codes only);
+        * ``quantization``: ``η · mean_{i,d} (u_id − sgn(u_id))²`` of the fused code.
+        """
+        u = out.codes
+        parts = {"likelihood": self._likelihood(u, batch.labels, self.reference(u, batch))}
+        if self.deep_supervision > 0:
+            for tap, u_s in out.extras.get("scales", {}).items():
+                parts[f"likelihood_{tap}"] = self.deep_supervision * self._likelihood(u_s, batch.labels)
+        parts["quantization"] = self.eta * quantization_loss(u)
+        return parts

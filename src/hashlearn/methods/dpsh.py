@@ -1,11 +1,26 @@
 """DPSH — Deep Pairwise-Supervised Hashing (Li, Wang, Kang, IJCAI 2016); spec §8.
 
-``L = mean_{i≠j} [log(1 + e^{Θ_ij}) − s_ij Θ_ij] + η · mean_{i,d} (u_id − sgn(u_id))²``,
-``Θ_ij = ½ u_i^T u_j``, with a linear hash layer on the backbone's last pooled feature.
+The paper's relaxed objective (spec §8), with ``b_i = sgn(u_i)`` and ``Θ_ij = ½ u_i^T u_j``::
 
-Normalisation: both terms are means (over pairs, over code entries), so ``η`` here is
-not the paper's ``η = 10`` (the paper sums the likelihood over all pairs and the
-quantization over samples); ``η = 0.1`` is the usual value with mean normalisation.
+    L = −Σ_{s_ij ∈ S} (s_ij Θ_ij − log(1 + e^{Θ_ij})) + η Σ_i ‖b_i − u_i‖²
+
+on a linear hash layer over the backbone's last pooled feature. Per step, ``i`` runs over the
+batch and, with ``pairs="all"`` (the default, as published and as its re-implementations
+train), ``j`` over all N training images through ``U``, the memory of every image's last
+relaxed code (:class:`~hashlearn.methods.memory.PerImageMemory`, updated at the batch's indices
+after each step). ``pairs="batch"`` (``j`` in the batch only) and ``pairs="memory"`` (batch +
+``memory_size`` recent codes) are settings.
+
+:meth:`DPSH.loss` returns two named parts:
+
+* ``likelihood`` = ``mean_{(i,j)∈P} [log(1 + e^{Θ_ij}) − s_ij Θ_ij]``, P the pairs of
+  ``pairs`` (pairs of an image with itself and not-yet-seen images left out);
+* ``quantization`` = ``η · mean_{i,d} (u_id − sgn(u_id))²`` over the batch.
+
+Normalisation: both terms are means (over pairs, over code entries) where the paper sums, so
+``η`` here is not the paper's ``η = 10``: dividing the paper's objective by its B·N pairs gives
+``η = η_paper · k / N`` (k bits, N training images; 10 · 32 / 5000 ≈ 0.06). ``η = 0.1`` is the
+usual value with this normalisation (DeepHash-pytorch's ``alpha``).
 """
 
 from __future__ import annotations
@@ -14,7 +29,9 @@ from torch import Tensor, nn
 
 from hashlearn.errors import InputError
 from hashlearn.methods import register_method
-from hashlearn.methods.base import Batch, MethodOutput, PairwiseMethod, pool, quantization_loss
+from hashlearn.methods.base import Batch, MethodOutput, check_choice, check_number, pool, quantization_loss
+from hashlearn.methods.losses import PairwiseLikelihood
+from hashlearn.methods.pairwise import PairwiseMethod
 
 
 class DPSHHead(nn.Module):
@@ -39,13 +56,17 @@ class DPSHHead(nn.Module):
 class DPSH(PairwiseMethod):
     """Pairwise likelihood on inner products of relaxed codes + quantization (baseline)."""
 
-    def __init__(self, bits: int, eta: float = 0.1, activation: str = "none", memory: int = 0, tap: str | None = None):
-        super().__init__(bits, memory=memory)
-        if activation not in ("none", "tanh"):
-            raise InputError(f"dpsh: activation must be 'none' or 'tanh', got {activation!r}")
-        self.eta = float(eta)
-        self.activation = activation
+    name = "dpsh"
+
+    def __init__(self, bits: int, eta: float = 0.1, pairs: str = "all", memory_size: int = 0,
+                 activation: str = "none", tap: str | None = None):
+        super().__init__(bits, pairs=pairs, memory_size=memory_size)
+        self.eta = check_number(self.name, "eta", eta, minimum=0)
+        self.activation = check_choice(self.name, "activation", activation, ("none", "tanh"))
+        if tap is not None and (not isinstance(tap, str) or not tap):
+            raise InputError(f"dpsh: tap must be a backbone tap name or null, got {tap!r}")
         self.tap = tap
+        self._likelihood = PairwiseLikelihood()
 
     def taps(self, default_taps: list[str]) -> list[str]:
         return [self.tap] if self.tap else ["pool"]
@@ -54,8 +75,9 @@ class DPSH(PairwiseMethod):
         (tap,) = tap_channels
         return DPSHHead(tap, tap_channels[tap], self.bits, self.activation)
 
-    def loss(self, out: MethodOutput, batch: Batch) -> Tensor:
-        pair = self.pair_loss(out.codes, batch.labels)
-        quant = quantization_loss(out.codes)
-        self.last_parts = {"pair": float(pair.detach()), "quant": float(quant.detach())}
-        return pair + self.eta * quant
+    def loss(self, out: MethodOutput, batch: Batch) -> dict[str, Tensor]:
+        u = out.codes
+        return {
+            "likelihood": self._likelihood(u, batch.labels, self.reference(u, batch)),
+            "quantization": self.eta * quantization_loss(u),
+        }

@@ -187,6 +187,11 @@ class Backbone(nn.Module):
         return tuple(t for t, _ in self._plan() if t is not None) + self._vector_taps
 
     @property
+    def pool_tap(self) -> str:
+        """The spatial tap whose global average is ``pool``."""
+        return self._pool_tap
+
+    @property
     def cut_taps(self) -> tuple[str, ...]:
         """The taps a network can be split at: the spatial ones (not ``fc7``), input to output."""
         return tuple(t for t, _ in self._plan() if t is not None)

@@ -65,7 +65,7 @@ def register(sub) -> None:
                     "model on the validation split, encode queries and database, evaluate. One run folder "
                     "per code length: config.yaml, checkpoints, log.jsonl, codes, metrics.json.",
     )
-    p.add_argument("--method", help="method name (see: hashlearn methods); default dmsh")
+    p.add_argument("--method", help="method name (see: hashlearn methods); required")
     p.add_argument("--dataset", help="dataset name (see: hashlearn data list)")
     p.add_argument("--protocol", help="split protocol (see: hashlearn data protocols), e.g. cifar10-1; "
                    "default: the dataset's default protocol (hashlearn data list)")
@@ -75,7 +75,11 @@ def register(sub) -> None:
     p.add_argument("--backbone", help="backbone name, e.g. smallcnn, efficientnet_lite0, vgg19")
     p.add_argument("--weights", help="backbone weights: default | none | PATH")
     p.add_argument("--frozen", action="store_true", default=None,
-                   help="train the heads on cached pooled features of a frozen backbone")
+                   help="nothing in the backbone trains: the heads train on its cached pooled features (cached "
+                        "maps for a method that reads maps)")
+    p.add_argument("--finetune-from", metavar="TAP",
+                   help="fine-tune above the backbone tap TAP: the part below runs once over the dataset (its maps "
+                        "are cached and shared), the part above trains with the heads (finetune_from)")
     p.add_argument("--epochs", type=_int_arg(1, 100_000))
     p.add_argument("--batch-size", type=_int_arg(2))
     p.add_argument("--lr", type=_positive_float, help="learning rate of the heads (optim.lr)")
@@ -107,7 +111,7 @@ def register(sub) -> None:
 
     d = sub.add_parser(
         "demo",
-        help="end-to-end demo: train DMSH (and DPSH) at 32 bits on a real dataset, evaluate, plot",
+        help="end-to-end demo: train the methods of hashlearn/configs/demo.yaml on a real dataset, evaluate, plot",
         description="Runs offline: Fashion-MNIST (Debian dataset-fashion-mnist) or scikit-learn digits, or "
                     "CIFAR-10 when HASHLEARN_DATA holds it. Prints the mAP table; writes a precision-recall "
                     "plot and a picture of queries with their top-10 results.",
@@ -119,8 +123,8 @@ def register(sub) -> None:
     d.add_argument("--database", type=_int_arg(0), default=0,
                    help="encode and search only a seeded random N of the protocol's database (default 0 = all)")
     d.add_argument("--limit", type=_int_arg(1), help="at most N images of each split")
-    d.add_argument("--methods", default="dmsh,dpsh", help="comma-separated methods (default dmsh,dpsh)")
-    d.add_argument("--bits", type=_one_bits_arg, default=32, help="code length from 8 to 1024 (default 32)")
+    d.add_argument("--methods", help="comma-separated methods (default: those of hashlearn/configs/demo.yaml)")
+    d.add_argument("--bits", type=_one_bits_arg, help="code length from 8 to 1024 (default: demo.yaml's, 32)")
     d.add_argument("--threads", type=_threads_arg, default="auto",
                    help="torch CPU threads: auto (1 when the CPU is already busy, else torch's default) or N")
     d.add_argument("--seed", type=_int_arg(0, 2**32 - 1), default=0)
@@ -135,7 +139,7 @@ def _config_from_args(args):
         "method": args.method, "dataset": args.dataset, "protocol": args.protocol, "backbone": args.backbone,
         "weights": args.weights, "image_size": args.image_size, "seed": args.seed,
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "optim.lr": args.lr,
-        "data.limit": args.limit,
+        "data.limit": args.limit, "finetune_from": args.finetune_from,
         "split": str(Path(args.split).expanduser().resolve()) if getattr(args, "split", None) else None,
     }
     pre = [f"{k}={v}" for k, v in direct.items() if v is not None]
@@ -161,9 +165,8 @@ def cmd_encode(args) -> int:
     import sys
     from pathlib import Path
 
-    from hashlearn.codes import pack_bits, save_codes
     from hashlearn.errors import InputError, NotFoundError
-    from hashlearn.train.encode import encode_dataset, encode_files, load_run
+    from hashlearn.train.encode import encode_dataset, encode_files, load_run, save_run_codes
     from hashlearn.train.runfolder import probe_writable
 
     out = Path(args.out)
@@ -186,23 +189,25 @@ def cmd_encode(args) -> int:
     if args.dataset:
         from hashlearn.train.run import load_data
 
-        packed, bits, ids = encode_dataset(enc, load_data(args.dataset), progress=sys.stderr.isatty())
+        packed, bits, ids = encode_dataset(enc, load_data(args.dataset), progress=True)
     else:
-        codes, kept, skipped = encode_files(enc, files, skip_bad=args.skip_bad)
+        packed, kept, skipped = encode_files(enc, files, skip_bad=args.skip_bad)
         if skipped:
             print(f"skipped {len(skipped)} unreadable image(s) of {len(files)}:", file=sys.stderr)
             for _, reason in skipped:
                 print(f"  {reason}", file=sys.stderr)
         if not kept:
             raise InputError(f"--images {root}: none of the {len(files)} image files could be read")
-        packed, bits = pack_bits(codes), enc.bits
+        bits = enc.bits
         ids = [str(p.relative_to(root)) for p in kept]
-    path = save_codes(out, packed, bits, ids=ids)
+    meta = {"image_root": str(root.resolve())} if args.images else {}  # index build finds the images there
+    path = save_run_codes(out, packed, bits, ids=ids, fingerprint=enc.fingerprint, meta=meta)
     print(f"{len(packed)} codes of {bits} bits -> {path}")
     return 0
 
 
 def cmd_methods(args) -> int:
+    """Plain text: one line per method (name, what it is, its paper), deep then shallow."""
     from hashlearn.methods import load_all
 
     registry = load_all()
@@ -212,16 +217,26 @@ def cmd_methods(args) -> int:
         chosen = [(n, i) for n, i in rows if i.get("kind", "deep") == kind]
         if not chosen:
             continue
-        print(f"{kind}:")
+        print(f"{kind} methods:")
         for name, info in chosen:
-            print(f"  {name:<{width}}  {info.get('summary', '')} — {info.get('paper', '')}")
+            summary = _plain(info.get("summary", "")).rstrip(".")
+            paper = _plain(info.get("paper", ""))
+            print(f"  {name:<{width}}  {summary}" + (f". Paper: {paper}" if paper else ""))
     return 0
+
+
+def _plain(text: str) -> str:
+    """Docstring markup (``code``, `ref`, :role:`x`) as plain text."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", str(text))
+    return " ".join(text.replace("``", "").replace("`", "").split())
 
 
 def cmd_demo(args) -> int:
     from hashlearn.train.demo import run_demo
 
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     run_demo(out=args.out, dataset=args.dataset, quick=args.quick, epochs=args.epochs, limit=args.limit,
-             methods=[m.strip() for m in args.methods.split(",") if m.strip()], bits=args.bits, seed=args.seed,
-             database=args.database, threads=args.threads)
+             methods=methods, bits=args.bits, seed=args.seed, database=args.database, threads=args.threads)
     return 0

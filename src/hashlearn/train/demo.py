@@ -10,13 +10,15 @@ Dataset, in this order (``--dataset`` forces one):
 3. scikit-learn's 8×8 digits (bundled with scikit-learn) — 20 queries and 80 training images
    per class, database = the rest.
 
-It trains DMSH (multi-scale) and DPSH (baseline) at 32 bits for 6 epochs with the same
-trainer and backbone (small CNN, width 16; DMSH per-scale MLP heads 64 wide), selects each
-on validation mAP, encodes the queries and the whole database (``--database N`` encodes a
-seeded random N of it instead, for slower machines), evaluates, prints the table, and
-writes ``pr_curves.png`` (precision–recall and precision@N) and
-``queries.png`` (5 queries with their top-10 results, right/wrong marked). ``--quick``
-shortens everything (subsets, one epoch) for tests.
+What it trains is data, in ``hashlearn/configs/demo.yaml`` (no method is named in code): the
+methods and their arguments (by default the multi-scale method and its single-scale baseline),
+the code length, epochs, the backbone (small CNN, width 16) and each dataset's protocol. It
+trains each with the same trainer and backbone, selects each on validation mAP, encodes the
+queries and the whole database (``--database N`` encodes a seeded random N of it instead, for
+slower machines), evaluates, prints the table (with the chance level of a random ranking), and
+writes ``pr_curves.png`` (precision–recall and precision@N) and ``queries.png`` (5 queries with
+their top-10 results, right/wrong marked). ``--quick`` shortens everything (subsets, one epoch)
+for tests.
 """
 
 from __future__ import annotations
@@ -30,18 +32,17 @@ import numpy as np
 
 from hashlearn.errors import HashlearnError, InputError
 
-DEMO_EPOCHS = 6
 #: database images encoded and searched (a seeded random subset of the protocol's database; 0 = all)
 DEMO_DATABASE = 0
 
-#: dataset → (protocol, protocol_args, description)
-DEMO_PROTOCOLS = {
-    "cifar10": ("cifar10-1", {}, "cifar10-1: 100 queries + 500 training images per class; database = non-queries"),
-    "fashion-mnist": ("per-class", {"query_per_class": 100, "train_per_class": 500},
-                      "per-class: 100 queries + 500 training images per class; database = non-queries"),
-    "digits": ("per-class", {"query_per_class": 20, "train_per_class": 80},
-               "per-class: 20 queries + 80 training images per class; database = non-queries"),
-}
+
+def demo_plan() -> dict:
+    """``configs/demo.yaml``: ``bits``, ``epochs``, ``methods`` ({name: method_args}), ``settings``
+    (train settings of every run) and ``datasets`` ({name: protocol, protocol_args, augment,
+    description}, in the order tried)."""
+    from hashlearn.train.config import packaged_config
+
+    return packaged_config("demo")
 
 
 #: what a demo writes into its --out folder (besides one folder per method)
@@ -72,11 +73,12 @@ def pick_dataset(forced: str | None = None):
     from hashlearn.data import default_source
     from hashlearn.train.run import load_data
 
-    candidates = [forced] if forced else ["cifar10", "fashion-mnist", "digits"]
+    known = list(demo_plan()["datasets"])
+    candidates = [forced] if forced else known
     last_error = None
     for name in candidates:
-        if name not in DEMO_PROTOCOLS:
-            raise HashlearnError(f"demo dataset must be one of {', '.join(DEMO_PROTOCOLS)}, got {name!r}")
+        if name not in known:
+            raise HashlearnError(f"demo dataset must be one of {', '.join(known)}, got {name!r}")
         if not forced:
             if name == "cifar10" and default_source("cifar10") is None:
                 continue
@@ -102,35 +104,35 @@ def auto_threads() -> int | None:
 
 
 def demo_config(dataset: str, method: str, bits: int, epochs: int, limit: int | None, seed: int,
-                threads: int | None = None) -> dict:
-    from hashlearn.train.config import load_config
+                threads: int | None = None):
+    """The :class:`~hashlearn.train.config.RunConfig` of one demo run (``configs/demo.yaml``)."""
+    from hashlearn.train.config import deep_merge, load_config
 
-    protocol, protocol_args, _ = DEMO_PROTOCOLS[dataset]
-    base = {
-        "method": method, "dataset": dataset, "protocol": protocol, "protocol_args": protocol_args,
-        "bits": [bits], "backbone": "smallcnn", "weights": "none", "backbone_args": {"width": 16},
-        "seed": seed, "data": {"limit": limit},
-        "train": {"epochs": epochs, "batch_size": 64, "patience": 0, "threads": threads},
-        "optim": {"name": "adam", "lr": 1.0e-3, "schedule": "cosine", "weight_decay": 1.0e-5},
-        "augment": {"hflip": dataset != "digits", "crop_padding": 2 if dataset != "digits" else 1},
-        # narrow per-scale MLP heads on pooled taps: the spec's conv heads (256 wide) cost more than the
-        # small CNN itself and, in our Fashion-MNIST runs, reached about half the mAP of MLP heads
-        "method_args": {"mid_channels": 64, "scale_head": "mlp", "deep_supervision": 0.3} if method == "dmsh" else {},
-    }
+    plan = demo_plan()
+    data = plan["datasets"][dataset]
+    base = deep_merge(plan.get("settings") or {}, {
+        "method": method, "dataset": dataset, "protocol": data["protocol"],
+        "protocol_args": data.get("protocol_args") or {}, "bits": [bits], "seed": seed, "data": {"limit": limit},
+        "train": {"epochs": epochs, "threads": threads}, "augment": data.get("augment") or {},
+        "method_args": (plan.get("methods") or {}).get(method) or {},
+    })
     return load_config(base=base)
 
 
 def run_demo(out: str | Path = "runs/demo", dataset: str | None = None, quick: bool = False,
-             epochs: int | None = None, limit: int | None = None, methods=("dmsh", "dpsh"), bits: int = 32,
+             epochs: int | None = None, limit: int | None = None, methods=None, bits: int | None = None,
              seed: int = 0, database: int | None = DEMO_DATABASE, threads: int | str | None = "auto") -> dict:
-    """Run the demo; returns ``{"dataset", "results": {method: metrics}, "files": [...], "seconds"}``."""
+    """Run the demo; returns ``{"dataset", "results": {method: metrics}, "files": [...], "seconds"}``.
+    ``methods`` / ``bits`` / ``epochs`` default to ``configs/demo.yaml``'s."""
     from hashlearn.eval import evaluate, plot_curves
     from hashlearn.train.run import make_split, summary_markdown, train
     from hashlearn.train.runfolder import probe_writable, write_json_atomic, write_text_atomic
 
     t0 = time.perf_counter()
     out = Path(out)
-    methods = list(methods)
+    plan = demo_plan()
+    methods = list(plan["methods"]) if methods is None else list(methods)
+    bits = int(plan["bits"]) if bits is None else bits
     if not methods:
         raise InputError("--methods: no method given")
     from hashlearn.methods import get_method
@@ -144,11 +146,12 @@ def run_demo(out: str | Path = "runs/demo", dataset: str | None = None, quick: b
     import torch
 
     threads = auto_threads() if threads == "auto" else (int(threads) if threads else None)
-    epochs = epochs or (1 if quick else DEMO_EPOCHS)
+    epochs = epochs or (1 if quick else int(plan["epochs"]))
     if quick and limit is None:
         limit = 300
-    protocol, protocol_args, description = DEMO_PROTOCOLS[name]
-    split = make_split(ds, protocol, seed, protocol_args)
+    data = plan["datasets"][name]
+    description = data["description"]
+    split = make_split(ds, data["protocol"], seed, data.get("protocol_args") or {})
     if database and len(split.database) > database:
         # a seeded random subset of the protocol's database keeps the demo within minutes on 2 cores
         rng = np.random.default_rng(seed)

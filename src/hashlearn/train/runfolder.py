@@ -24,7 +24,7 @@ from hashlearn.errors import HashlearnError, InputError, NotFoundError
 
 #: the files of a run folder, in the order they are written
 RUN_FILES = ("config.yaml", "run.json", "checkpoint.pt", "best.pt", "model.npz", "log.jsonl", "query_codes.npz",
-             "database_codes.npz", "metrics.json")
+             "database_codes.npz", "metrics.json", "pr_curves.png")
 #: the fitted shallow model; older versions pickled it to ``model.pkl``, which is never read
 MODEL_FILE, LEGACY_MODEL_FILE = "model.npz", "model.pkl"
 #: files of the whole ``train --out`` folder
@@ -32,7 +32,11 @@ SUMMARY_FILES = ("summary.json", "summary.md")
 _RUN_DIR = re.compile(r"^\d+bits$")
 #: the settings of a run's config.yaml that loading it for encoding uses (the others are not checked,
 #: so a run trained by an older version with a since-refused training setting still loads)
-LOAD_KEYS = ("method", "backbone", "weights", "frozen", "seed", "method_args", "backbone_args")
+LOAD_KEYS = ("method", "backbone", "weights", "frozen", "finetune_from", "seed", "method_args", "backbone_args")
+#: settings that may change when a run is resumed or extended: they change no weight of the epochs done
+#: (a resume with any other setting changed is refused; the run's fingerprint leaves them out)
+RESUME_FREE = ("train.epochs", "train.progress", "train.threads", "train.feature_batch_size", "train.patience",
+               "device", "eval")
 
 
 def short_reason(exc: BaseException) -> str:
@@ -45,15 +49,10 @@ def short_reason(exc: BaseException) -> str:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary name next to ``path`` and rename it: a killed process
-    leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    leaves the old file or the new one, never half of one (:mod:`hashlearn._atomic`)."""
+    from hashlearn._atomic import atomic_write_text
+
+    return atomic_write_text(path, text)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
@@ -72,9 +71,17 @@ def probe_writable(folder: Path, option: str = "--out", target: Path | None = No
     os.unlink(name)
 
 
+#: the temporary name of a file being written (hashlearn._atomic: ".<stem>.<pid>.tmp<suffix>"; older
+#: versions: "<name>.tmp", "<name>.tmp.npz"), left behind only by a killed process
+_TMP_NAME = re.compile(r"^\.(?P<stem>.+)\.\d+\.tmp(?P<suffix>\.[^.]*)?$")
+
+
 def _is_run_file(name: str) -> bool:
     base = name[: -len(".tmp")] if name.endswith(".tmp") else name
     base = base[: -len(".tmp.npz")] if name.endswith(".tmp.npz") else base
+    tmp = _TMP_NAME.match(name)
+    if tmp:
+        base = tmp["stem"] + (tmp["suffix"] or "")
     return base in RUN_FILES or base == LEGACY_MODEL_FILE
 
 
@@ -171,10 +178,11 @@ def read_run_info(run_dir: Path) -> dict:
     return info
 
 
-def read_run_config(run_dir: Path) -> dict:
-    """``config.yaml`` of ``run_dir``: the packaged defaults under it, the settings encoding needs
-    (:data:`LOAD_KEYS`) checked, and ``bits`` one code length."""
-    from hashlearn.train.config import deep_merge, packaged_config, read_config, validate_config
+def read_run_config(run_dir: Path):
+    """``config.yaml`` of ``run_dir`` as a :class:`~hashlearn.train.config.RunConfig` of one code
+    length: the settings encoding needs (:data:`LOAD_KEYS`) checked, any other setting that this
+    version does not know or accept replaced by its default (a run of an older version still loads)."""
+    from hashlearn.train.config import RunConfig, read_config
 
     path = run_dir / "config.yaml"
     saved = read_config(path)
@@ -183,8 +191,9 @@ def read_run_config(run_dir: Path) -> dict:
         bits = bits[0]
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise InputError(f"{path}: bits must be the run's one code length, got {saved.get('bits')!r}")
-    config = validate_config(deep_merge(packaged_config("default"), saved), where=str(path), keys=LOAD_KEYS)
-    config["bits"] = config["bits"][0]
+    config = RunConfig.from_dict(saved, where=str(path), only=LOAD_KEYS + ("bits",))
+    if not config.method:
+        raise InputError(f"{path}: method: no method named")
     return config
 
 

@@ -1,26 +1,36 @@
-"""The one training loop, for every deep method, in fine-tune and frozen-backbone mode.
+"""The one training loop, for every deep method, in every training mode.
 
-* Fine-tune: each batch's uint8 images are preprocessed by the backbone, augmented, and
-  run through backbone + head; both are trained (separate learning rates).
-* Frozen: pooled tap features of every image are computed once with the frozen backbone
-  (:func:`pooled_features`); the head trains on ``{tap: (B, C)}`` vectors.
+The model (:class:`HashModel`, assembled by :func:`hashlearn.train.model.assemble_deep`) reads
+its inputs from a *feed* (:func:`make_feeds`), one per split part:
 
-Every epoch: a checkpoint (``checkpoint.pt``, written atomically) that holds the weights,
-optimizer, schedule, the method's own state, the selection state and the settings it was
-trained with, and one JSON line in ``log.jsonl``. Checkpoints hold only tensors and plain
-values and are read with ``torch.load(weights_only=True)``
-(:func:`hashlearn.train.runfolder.load_checkpoint`), so a planted file cannot run code.
-Model selection and early stopping use the mAP of the *validation* split against the
-training set; the query split is never seen during training. The batch order and
-augmentation of epoch ``e`` depend only on ``(seed, e)`` (no RNG state needs storing), so a
-run resumed from the checkpoint of epoch ``k`` ends with the same weights as an
-uninterrupted run. A resume with other settings (see :data:`RESUME_FREE`) is refused.
+* end to end (default): each batch's uint8 images are preprocessed by the backbone,
+  augmented (flips, translations), and run through backbone + head; both train;
+* ``finetune_from: T``: the backbone below T ran once over the dataset and its maps are
+  cached (:func:`hashlearn.nn.extract_activations`, the original and the mirrored image); a
+  batch draws one of the two per image (seeded) and runs ``forward_from(T, map)`` + head; the
+  part above T and the head train;
+* frozen: nothing in the backbone trains; the head reads cached pooled tap features, or
+  cached maps at its taps when the method asks for maps (its ``spatial`` attribute).
+
+Every epoch: a checkpoint (``checkpoint.pt``, written atomically) that holds the weights that
+train, the optimizer, the method's own state, the selection state and the settings it was
+trained with, and one JSON line in ``log.jsonl``. The learning rate is a function of the epoch
+and ``train.epochs`` (:func:`lr_factor`), so a finished run extended with more epochs continues
+on the schedule of the new length. Checkpoints hold only tensors and plain values and are read
+with ``torch.load(weights_only=True)`` (:func:`hashlearn.train.runfolder.load_checkpoint`), so a
+planted file cannot run code. Model selection and early stopping use the mAP of the
+*validation* split against the training set; the query split is never seen during training.
+The batch order and augmentation of epoch ``e`` depend only on ``(seed, e)`` (no RNG state
+needs storing), so a run resumed from the checkpoint of epoch ``k`` ends with the same weights
+as an uninterrupted run. A resume with other settings (see
+:data:`~hashlearn.train.runfolder.RESUME_FREE`) is refused. Progress bars are drawn only on a
+terminal; a log gets one line per epoch.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -32,14 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from hashlearn._atomic import atomic_target
 from hashlearn.codes import sign
 from hashlearn.errors import InputError
-from hashlearn.methods.base import Batch, Method, MethodOutput, pool
-from hashlearn.train.runfolder import load_checkpoint, short_reason, write_text_atomic
-
-#: settings that may change when a run is resumed (they do not change the weights of the epochs done)
-RESUME_FREE = ("train.epochs", "train.progress", "train.threads", "train.feature_batch_size", "train.patience",
-               "device", "eval", "out")
+from hashlearn.methods.base import Batch, Method, MethodOutput, pool, total_loss
+from hashlearn.train.config import RunConfig
+from hashlearn.train.progress import progress_bar
+from hashlearn.train.runfolder import RESUME_FREE, load_checkpoint, short_reason, write_text_atomic
 
 Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
 
@@ -56,37 +65,73 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 class HashModel(nn.Module):
-    """Backbone + method head. ``forward`` takes images ``(B, C, H, W)`` or, in frozen mode,
-    a dict of pooled tap features."""
+    """Backbone + method head, in one of three modes.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, taps: list[str], frozen: bool):
+    * end to end (default): ``model(images)`` runs the backbone and the head, both train;
+    * ``frozen``: nothing in the backbone trains; ``model(images)`` runs it without gradients,
+      pooling the taps (``pooled``) or passing their maps; ``model({tap: tensor})`` feeds
+      cached inputs straight to the head;
+    * ``cut`` = tap T: only the backbone above T trains (``freeze_below``);
+      ``model(map, at=T)`` runs ``forward_from(T, map)`` + head on a cached map, and
+      ``model(images)`` the whole network (equal in eval mode). With ``bn_frozen``, BatchNorm
+      above T keeps its running statistics in train mode.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, taps: list[str], frozen: bool = False,
+                 pooled: bool | None = None, cut: str | None = None, bn_frozen: bool = True):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.taps = list(taps)
-        self.frozen = frozen
-        if frozen:
+        self.frozen = bool(frozen)
+        self.pooled = self.frozen if pooled is None else bool(pooled)
+        self.cut = cut
+        self.bn_frozen = bool(bn_frozen)
+        if self.frozen:
             for p in backbone.parameters():
                 p.requires_grad_(False)
+        elif cut is not None:
+            backbone.freeze_below(cut)
 
-    def forward(self, x) -> MethodOutput:
-        if isinstance(x, dict):
+    def forward(self, x, at: str | None = None) -> MethodOutput:
+        if at is not None:
+            feats = self.backbone.forward_from(at, x)
+        elif isinstance(x, dict):
             feats = x
         else:
             if self.frozen:
                 self.backbone.eval()
                 with torch.no_grad():
                     feats = self.backbone(x)
-                feats = {t: pool(feats[t]) for t in self.taps}
             else:
                 feats = self.backbone(x)
+            if self.pooled:
+                feats = {t: pool(feats[t]) for t in self.taps}
         return self.head({t: feats[t] for t in self.taps})
 
+    def train(self, mode: bool = True) -> HashModel:
+        super().train(mode)
+        if mode and self.frozen:
+            self.backbone.eval()
+        elif mode and self.cut is not None:
+            for m in self.backbone.modules_below(self.cut):
+                m.eval()
+            if self.bn_frozen:
+                for top in self.backbone.modules_above(self.cut):
+                    for m in top.modules():
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                            m.eval()
+        return self
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The weights a run must save: the head, plus the backbone when it is trained."""
+        """The weights a run must save: the head, plus what trains of the backbone (all of it end
+        to end, the part above the cut — ``state_names_above`` — when fine-tuning from a cut)."""
         state = self.state_dict()
         if self.frozen:
-            state = {k: v for k, v in state.items() if k.startswith("head.")}
+            return {k: v for k, v in state.items() if k.startswith("head.")}
+        if self.cut is not None:
+            above = {f"backbone.{k}" for k in self.backbone.state_names_above(self.cut)}
+            return {k: v for k, v in state.items() if k.startswith("head.") or k in above}
         return state
 
     def load_trainable_state(self, state: dict[str, torch.Tensor], where: str = "saved weights") -> None:
@@ -96,44 +141,21 @@ class HashModel(nn.Module):
             raise InputError(f"{where}: the weights do not fit this model ({short_reason(exc)})") from None
         wanted = set(self.trainable_state())
         if unexpected or (wanted & set(missing)):
-            raise InputError(f"{where}: the weights do not fit this model (missing {list(missing)[:3]}, "
-                             f"unexpected {list(unexpected)[:3]})")
+            raise InputError(f"{where}: the weights do not fit this model (missing "
+                             f"{[k for k in missing if k in wanted][:3]}, unexpected {list(unexpected)[:3]})")
 
 
-def build_head(method: Method, tap_channels: dict[str, int], pooled: bool, where: str = "method_args") -> nn.Module:
-    """``method.build_head(...)``; a hyper-parameter of the wrong type is a one-line error."""
-    try:
-        return method.build_head(tap_channels, pooled=pooled)
-    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{where}: cannot build the {type(method).__name__} head with "
-                         f"{method.hparams()} ({short_reason(exc)})") from None
-
-
-def pooled_features(backbone, images: np.ndarray, taps: list[str], size: int, batch_size: int = 256,
-                    device: torch.device | None = None, progress: bool = False,
-                    desc: str = "features") -> dict[str, np.ndarray]:
-    """Pooled ``(N, C)`` float32 features of each tap (global average of feature maps)."""
-    device = device or torch.device("cpu")
-    backbone.eval()
-    out: dict[str, list[np.ndarray]] = {t: [] for t in taps}
-    bar = _bar(range(0, len(images), batch_size), progress, desc, unit="batch")
-    with torch.no_grad():
-        for start in bar:
-            x = backbone.preprocess(np.asarray(images[start:start + batch_size]), size).to(device)
-            feats = backbone(x)
-            for t in taps:
-                out[t].append(pool(feats[t]).float().cpu().numpy())
-    return {t: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for t, v in out.items()}
-
-
-def _bar(iterable, enabled: bool, desc: str, **kw):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, **kw)
+def lr_factor(schedule: str, epoch: int, epochs: int, step_size: int = 10, gamma: float = 0.1) -> float:
+    """The learning rate of (1-based) ``epoch`` of a run of ``epochs``, relative to the base rate:
+    ``cosine`` ½(1 + cos(π (epoch − 1) / epochs)), ``step`` γ^⌊(epoch − 1) / step_size⌋, ``none`` 1.
+    A function of the epoch and the run's length only, so extending a run rebuilds the schedule
+    for the new length instead of restarting it."""
+    e = epoch - 1
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * e / max(int(epochs), 1)))
+    if schedule == "step":
+        return float(gamma) ** (e // max(int(step_size), 1))
+    return 1.0
 
 
 def augment(x: torch.Tensor, hflip: bool, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -163,7 +185,7 @@ class TrainState:
 
     def encode_train(self) -> torch.Tensor:
         """Relaxed codes ``u`` of the whole training set (eval mode), ``(N, bits)``."""
-        return self.trainer.forward_all(self.trainer.train_inputs, len(self.trainer.train_labels))
+        return self.trainer.forward_all(self.trainer.train)
 
 
 @dataclass
@@ -177,110 +199,99 @@ class TrainResult:
 
 
 class Trainer:
-    """Train ``method`` on ``train`` (with selection on ``val``) and write to ``out_dir``.
+    """Train ``method`` (its loss and hooks) with ``model`` (a :class:`HashModel`) on the feed
+    ``train`` (with selection on ``val``) and write to ``out_dir``.
 
-    ``train``/``val`` are dicts with ``images`` (uint8 NHWC, fine-tune mode) or ``features``
-    (dict tap → (N, C) float, frozen mode) and ``labels``. ``evaluator(q_codes, db_codes,
-    q_labels, db_labels) → mAP`` takes ±1 codes; it defaults to :func:`make_validation_evaluator`.
+    A feed (:class:`ImageFeed`, :class:`FeatureFeed`, :class:`MapFeed`; :func:`make_feeds`
+    builds them) gives the model's inputs and the labels of the items of one split part.
+    ``evaluator(q_codes, db_codes, q_labels, db_labels) → mAP`` takes ±1 codes; it defaults to
+    :func:`make_validation_evaluator`.
     """
 
-    def __init__(self, method: Method, backbone: nn.Module, config: dict, out_dir: str | Path,
-                 train: dict, val: dict | None = None, evaluator: Evaluator | None = None,
+    def __init__(self, method: Method, model: HashModel | nn.Module, config: RunConfig | dict, out_dir: str | Path,
+                 train: Feed | dict, val: Feed | dict | None = None, evaluator: Evaluator | None = None,
                  image_size: int | None = None):
+        from hashlearn.train.config import as_config
+
+        config = as_config(config)
+        if not isinstance(model, HashModel):  # a bare backbone: the head is assembled here (one assembly function)
+            from hashlearn.train.model import assemble_model
+
+            model = assemble_model(config, method, model)
+        train, val = (_feed(p, model, config, image_size) for p in (train, val))
         self.method = method
         self.config = config
-        self.tc = config["train"]
+        self.tc = config.train
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = pick_device(config.get("device", "auto"))
-        self.seed = int(config.get("seed", 0))
-        self.frozen = bool(config.get("frozen", False))
-        self.image_size = image_size or getattr(backbone, "input_size", None)
-        self.progress = bool(self.tc.get("progress", True))
+        self.device = pick_device(config.device)
+        self.seed = int(config.seed)
+        self.progress = bool(self.tc.progress)
         self.evaluator = evaluator or make_validation_evaluator(config)
-        if self.tc.get("threads"):
-            torch.set_num_threads(int(self.tc["threads"]))
+        if self.tc.threads:
+            torch.set_num_threads(int(self.tc.threads))
         # numba's OpenMP layer (used by the evaluator) resets the shared OpenMP thread count;
         # a different count changes float summation order, so it is restored every epoch
         self._threads = torch.get_num_threads()
-
-        default_taps = list(getattr(backbone, "default_taps", ()) or [])
-        self.taps = method.taps(default_taps)
-        tap_channels = {t: backbone.tap_channels[t] for t in self.taps}
-        torch.manual_seed(self.seed)
-        head = build_head(method, tap_channels, pooled=self.frozen)
-        self.model = HashModel(backbone, head, self.taps, self.frozen).to(self.device)
-
-        self.train_inputs = train["features"] if self.frozen else train["images"]
-        self.train_labels = torch.as_tensor(np.asarray(train["labels"]))
-        self.val = val if val is not None and len(val["labels"]) > 0 else None
+        self.model = model.to(self.device)
+        self.taps = list(model.taps)
+        self.train = train
+        self.train_labels = torch.as_tensor(np.asarray(train.labels))
+        self.val = val if val is not None and len(val) > 0 else None
         if len(self.train_labels) < 2:
             raise InputError("training split has fewer than 2 images")
         self.optimizer = self._optimizer()
-        self.scheduler = self._scheduler()
         self.state = TrainState(trainer=self, train_labels=self.train_labels)
 
     # --- optimisation -------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
-        oc = self.config["optim"]
-        lr = float(oc["lr"])
-        blr = oc.get("backbone_lr")
+        oc = self.config.optim
+        lr = float(oc.lr)
+        backbone = self.model.backbone
+        blr = oc.backbone_lr
         if blr is None:
-            blr = lr if getattr(self.model.backbone, "weights_id", "none") == "none" else lr / 10
+            blr = lr if getattr(backbone, "weights_id", "none") == "none" else lr / 10
         groups = [{"params": list(self.model.head.parameters()), "lr": lr}]
-        if not self.frozen:
-            groups.append({"params": [p for p in self.model.backbone.parameters() if p.requires_grad],
-                           "lr": float(blr)})
-        wd = float(oc.get("weight_decay", 0.0))
-        name = str(oc.get("name", "adam")).lower()
-        if name == "sgd":
-            return torch.optim.SGD(groups, lr=lr, momentum=float(oc.get("momentum", 0.9)), weight_decay=wd)
-        if name == "adam":
+        if self.model.cut is not None:
+            groups.append({"params": backbone.parameters_above(self.model.cut), "lr": float(blr)})
+        elif not self.model.frozen:
+            groups.append({"params": [p for p in backbone.parameters() if p.requires_grad], "lr": float(blr)})
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        wd = float(oc.weight_decay)
+        if oc.name == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=float(oc.momentum), weight_decay=wd)
+        if oc.name == "adam":
             return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
-        if name == "rmsprop":
-            return torch.optim.RMSprop(groups, lr=lr, momentum=float(oc.get("momentum", 0.0)), weight_decay=wd)
-        raise InputError(f"optim.name: unknown optimizer {name!r}; known: sgd, adam, rmsprop")
+        return torch.optim.RMSprop(groups, lr=lr, momentum=float(oc.momentum), weight_decay=wd)
 
-    def _scheduler(self):
-        oc = self.config["optim"]
-        name = str(oc.get("schedule", "none")).lower()
-        epochs = int(self.tc["epochs"])
-        if name == "none":
-            return None
-        if name == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(epochs, 1))
-        if name == "step":
-            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=int(oc.get("step_size", 10)),
-                                                   gamma=float(oc.get("gamma", 0.1)))
-        raise InputError(f"optim.schedule: unknown schedule {name!r}; known: none, cosine, step")
+    def _set_lr(self, epoch: int) -> None:
+        oc = self.config.optim
+        factor = lr_factor(oc.schedule, epoch, self.tc.epochs, oc.step_size, oc.gamma)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
 
     # --- inputs -------------------------------------------------------------------------
-    def _inputs(self, source, idx: np.ndarray, train: bool, generator: torch.Generator | None = None):
-        if self.frozen:
-            return {t: torch.as_tensor(np.asarray(source[t][idx]), dtype=torch.float32).to(self.device)
-                    for t in self.taps}
-        x = self.model.backbone.preprocess(np.asarray(source[idx]), self.image_size)
-        if train:
-            ac = self.config.get("augment", {}) or {}
-            x = augment(x, bool(ac.get("hflip", False)), int(ac.get("crop_padding", 0)), generator)
-        return x.to(self.device)
+    def _inputs(self, feed: Feed, idx: np.ndarray, train: bool, generator: torch.Generator | None = None):
+        return _to(feed.inputs(idx, train, generator), self.device)
 
-    def forward_all(self, source, n: int) -> torch.Tensor:
-        """Relaxed codes of ``n`` items of ``source`` in eval mode (no augmentation)."""
+    def forward_all(self, feed: Feed) -> torch.Tensor:
+        """Relaxed codes of every item of ``feed`` in eval mode (no augmentation)."""
         torch.set_num_threads(self._threads)
         was_training = self.model.training
         self.model.eval()
-        bs = int(self.tc.get("feature_batch_size", 256))
+        bs = int(self.tc.feature_batch_size)
+        n = len(feed)
         outs = []
         with torch.no_grad():
             for start in range(0, n, bs):
                 idx = np.arange(start, min(n, start + bs))
-                outs.append(self.model(self._inputs(source, idx, train=False)).codes.float().cpu())
+                outs.append(self.model(self._inputs(feed, idx, train=False), at=feed.at).codes.float().cpu())
         self.model.train(was_training)
         u = torch.cat(outs) if outs else torch.zeros(0, self.method.bits)
         if not torch.isfinite(u).all():
             raise InputError(f"training diverged: the network's codes are not finite (epoch {self.state.epoch}); "
-                             f"lower optim.lr (now {self.config['optim']['lr']})")
+                             f"lower optim.lr (now {self.config.optim.lr})")
         return u
 
     # --- checkpoints --------------------------------------------------------------------
@@ -294,12 +305,8 @@ class Trainer:
 
     def _save(self, obj: dict, path: Path) -> None:
         _check_plain(obj, path.name)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        with atomic_target(path) as tmp:
             torch.save(obj, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _checkpoint(self, epoch: int, best: dict, bad_evals: int, seconds: float, images: int,
                     stopped_early: bool = False) -> None:
@@ -307,7 +314,7 @@ class Trainer:
             "epoch": epoch,
             "model": self.model.trainable_state(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scheduler": None,  # the learning rate is a function of (epoch, epochs): nothing to store
             "method_state": self.method.state_dict(),
             "best": best,
             "bad_evals": bad_evals,
@@ -315,7 +322,7 @@ class Trainer:
             "images": images,
             "step": self.state.step,
             "stopped_early": stopped_early,
-            "config": json.loads(json.dumps(self.config, default=str)),
+            "config": json.loads(json.dumps(self.config.to_dict(), default=str)),
         }, self.checkpoint_path)
 
     def _resume(self) -> dict | None:
@@ -332,14 +339,14 @@ class Trainer:
         best = ckpt["best"]
         if not isinstance(best.get("epoch"), int) or not isinstance(best.get("map"), (float, int, type(None))):
             raise InputError(f"{path}: not a hashlearn checkpoint (best is {best!r}){again}")
-        changed = _changed_setting(ckpt.get("config"), self.config)
+        changed = _changed_setting(ckpt.get("config"), self.config.to_dict())
         if changed:
             raise InputError(f"{path} was trained with other settings ({changed}){again}")
         self.model.load_trainable_state(ckpt["model"], where=str(path))
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scheduler and ckpt.get("scheduler"):
-                self.scheduler.load_state_dict(ckpt["scheduler"])
+            for g in self.optimizer.param_groups:
+                g.setdefault("base_lr", g.get("initial_lr", g["lr"]))  # a checkpoint of an older version
             self.method.load_state_dict(ckpt.get("method_state") or {})
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
             raise InputError(f"{path}: its optimizer or method state does not fit this run "
@@ -362,10 +369,10 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------
     def fit(self, resume: bool = True) -> TrainResult:
-        epochs = int(self.tc["epochs"])
-        batch_size = int(self.tc["batch_size"])
-        eval_every = max(1, int(self.tc.get("eval_every", 1)))
-        patience = int(self.tc.get("patience", 0) or 0)
+        epochs = int(self.tc.epochs)
+        batch_size = int(self.tc.batch_size)
+        eval_every = max(1, int(self.tc.eval_every))
+        patience = int(self.tc.patience)
         n = len(self.train_labels)
         best = {"map": None, "epoch": 0}
         bad_evals, seconds, images, start_epoch = 0, 0.0, 0, 1
@@ -390,42 +397,43 @@ class Trainer:
             order = torch.randperm(n, generator=gen).numpy()
             n_batches = n // batch_size if n >= batch_size else 1  # drop the last partial batch
             self.method.on_epoch_start(self.state)
+            self._set_lr(epoch)
+            lrs = [g["lr"] for g in self.optimizer.param_groups]
             self.model.train()
-            if self.frozen:
-                self.model.backbone.eval()
             t0 = time.perf_counter()
             total, parts_sum, seen = 0.0, {}, 0
-            bar = _bar(range(n_batches), self.progress, f"epoch {epoch}/{epochs}", unit="batch")
+            bar = progress_bar(range(n_batches), self.progress, f"epoch {epoch}/{epochs}", unit="batch")
             for b in bar:
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                x = self._inputs(self.train_inputs, idx, train=True, generator=gen)
+                x = self._inputs(self.train, idx, train=True, generator=gen)
                 labels = self.train_labels[idx].to(self.device)
                 batch = Batch(labels=labels, index=torch.as_tensor(idx), inputs=x)
-                out = self.model(x)
-                loss = self.method.loss(out, batch)
+                out = self.model(x, at=self.train.at)
+                parts = self.method.loss(out, batch)
+                loss = total_loss(parts)
                 if not torch.isfinite(loss):
-                    raise InputError(f"loss became {float(loss)} at epoch {epoch}; lower optim.lr")
+                    bad = ", ".join(k for k, v in parts.items() if not torch.isfinite(v))
+                    raise InputError(f"loss became {float(loss)} at epoch {epoch} ({bad}); lower optim.lr")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 self.state.step += 1
                 self.method.on_batch_end(self.state, batch, out)
                 total += float(loss.detach()) * len(idx)
-                for k, v in self.method.last_parts.items():
+                values = torch.stack([p.detach().float() for p in parts.values()]).tolist()  # one device sync
+                for k, v in zip(parts, values, strict=True):
                     parts_sum[k] = parts_sum.get(k, 0.0) + v * len(idx)
                 seen += len(idx)
-                if self.progress and hasattr(bar, "set_postfix"):
+                if hasattr(bar, "set_postfix"):
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{rate:.0f}")
-            if self.scheduler:
-                self.scheduler.step()
             self.method.on_epoch_end(self.state)
             epoch_seconds = time.perf_counter() - t0
             seconds += epoch_seconds
             images += seen
             record = {"epoch": epoch, "loss": total / max(seen, 1),
                       "parts": {k: v / max(seen, 1) for k, v in parts_sum.items()},
-                      "lr": [g["lr"] for g in self.optimizer.param_groups],
+                      "lr": lrs,
                       "seconds": round(epoch_seconds, 3),
                       "images_per_second": round(seen / max(epoch_seconds, 1e-9), 1)}
             if self.val is not None and (epoch % eval_every == 0 or epoch == epochs):
@@ -447,7 +455,8 @@ class Trainer:
             stopped_early = patience > 0 and bad_evals >= patience and epoch < epochs
             self._checkpoint(epoch, best, bad_evals, seconds, images, stopped_early)
             val_txt = f" val mAP {record['val_map']:.4f}" if "val_map" in record else ""
-            self._say(f"epoch {epoch}/{epochs} loss {record['loss']:.4f}{val_txt} "
+            parts_txt = " (" + ", ".join(f"{k} {v:.4f}" for k, v in record["parts"].items()) + ")"
+            self._say(f"epoch {epoch}/{epochs} loss {record['loss']:.4f}{parts_txt}{val_txt} "
                       f"({record['images_per_second']:.0f} img/s, best epoch {best['epoch']})")
             if stopped_early:
                 self._say(f"early stopping: no validation improvement in {patience} evaluations")
@@ -462,10 +471,9 @@ class Trainer:
 
     def validate(self) -> float:
         """mAP of validation codes against training-set codes (never the query split)."""
-        val_inputs = self.val["features"] if self.frozen else self.val["images"]
-        q = self.forward_all(val_inputs, len(self.val["labels"]))
-        db = self.forward_all(self.train_inputs, len(self.train_labels))
-        return float(self.evaluator(sign(q.numpy()), sign(db.numpy()), np.asarray(self.val["labels"]),
+        q = self.forward_all(self.val)
+        db = self.forward_all(self.train)
+        return float(self.evaluator(sign(q.numpy()), sign(db.numpy()), np.asarray(self.val.labels),
                                     self.train_labels.numpy()))
 
     def _say(self, text: str) -> None:
@@ -510,19 +518,24 @@ def _changed_setting(saved: Any, config: dict) -> str | None:
         return None  # a checkpoint from before settings were stored in it
     now = _flatten(json.loads(json.dumps(config, default=str)))
     before = _flatten(saved)
+    defaults = _flatten(json.loads(json.dumps(RunConfig().to_dict(), default=str)))
+    for flat in (now, before):
+        if not isinstance(flat.get("bits"), list):
+            flat["bits"] = [flat.get("bits")]
     free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE)  # noqa: E731
     for key in sorted(set(now) | set(before)):
+        if key not in before and key in defaults and now.get(key) == defaults[key]:
+            continue  # a setting newer than the checkpoint, at its default: what the older version did
         if not free(key) and now.get(key) != before.get(key):
             return f"{key}: {before.get(key)!r} → {now.get(key)!r}"
     return None
 
 
-def make_validation_evaluator(config: dict):
+def make_validation_evaluator(config: RunConfig):
     """The model-selection metric: mAP@R (R = ``train.val_topk``) of the validation queries
     against the training images, computed by :func:`hashlearn.eval.evaluate` (the one
     evaluator) with the run's tie rule."""
-    topk = config.get("train", {}).get("val_topk", "all")
-    ties = config.get("eval", {}).get("ties", "expected")
+    topk, ties = config.train.val_topk, config.eval.ties
 
     def evaluator(q_codes, db_codes, q_labels, db_labels) -> float:
         from hashlearn.eval import evaluate
@@ -531,3 +544,161 @@ def make_validation_evaluator(config: dict):
         return float(next(iter(result.map.values())))
 
     return evaluator
+
+
+# --- feeds: what the model reads for the items of one split part ------------------------------
+
+def _to(x, device: torch.device):
+    if isinstance(x, dict):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+def _feed(part, model: HashModel, config: RunConfig, image_size: int | None):
+    """A feed from a feed, None, or a mapping ``{"images" | "features": ..., "labels": ...}``."""
+    if part is None or isinstance(part, Feed):
+        return part
+    if "features" in part:
+        return FeatureFeed(part["features"], part["labels"])
+    size = image_size or model.backbone.input_size
+    return ImageFeed(part["images"], part["labels"], model.backbone, size, config.augment.hflip,
+                     config.augment.crop_padding)
+
+
+class Feed:
+    """The model's inputs for the items ``0 .. len - 1`` of one split part, and their ``labels``.
+    ``at``: the cut whose map :meth:`inputs` returns (the model runs ``forward_from``), else None."""
+
+    at: str | None = None
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, idx: np.ndarray, train: bool, generator: torch.Generator | None):
+        raise NotImplementedError
+
+
+class ImageFeed(Feed):
+    """Images (uint8 NHWC, any indexable), preprocessed for the backbone and, in training,
+    augmented (random flips, translations by up to ``padding`` px)."""
+
+    def __init__(self, images, labels, backbone, size: int, hflip: bool, padding: int):
+        self.images, self.labels = images, np.asarray(labels)
+        self.backbone, self.size, self.hflip, self.padding = backbone, int(size), bool(hflip), int(padding)
+
+    def inputs(self, idx, train, generator):
+        x = self.backbone.preprocess(np.asarray(self.images[idx]), self.size)
+        if train:
+            x = augment(x, self.hflip, self.padding, generator)
+        return x
+
+
+class FeatureFeed(Feed):
+    """Cached pooled features ``{tap: (n, C)}`` (frozen mode)."""
+
+    def __init__(self, features: dict[str, np.ndarray], labels):
+        self.features, self.labels = features, np.asarray(labels)
+
+    def inputs(self, idx, train, generator):
+        return {t: torch.as_tensor(np.asarray(v[idx]), dtype=torch.float32) for t, v in self.features.items()}
+
+
+class MapFeed(Feed):
+    """Cached maps (:class:`~hashlearn.nn.ActivationCache`, rows = dataset indices ``rows``).
+
+    In training each image's map is the original's or its mirror's (seeded draw, the flip
+    augmentation of cached maps) when ``hflip`` and the cache holds mirrors; otherwise the
+    original. With a cut ``at``, :meth:`inputs` is the map at the cut; without, a dict
+    ``{tap: map}`` for a frozen head (``"pool"`` = the spatial mean of the pooled tap's map)."""
+
+    def __init__(self, caches: dict, rows: np.ndarray, labels, hflip: bool, at: str | None = None,
+                 sources: dict[str, str] | None = None):
+        self.caches, self.rows, self.labels = caches, np.asarray(rows, dtype=np.int64), np.asarray(labels)
+        self.hflip = bool(hflip) and all(c.views > 1 for c in caches.values())
+        self.at = at
+        self.sources = sources or {t: t for t in caches}
+
+    def inputs(self, idx, train, generator):
+        rows = self.rows[np.asarray(idx)]
+        flips = (torch.rand(len(rows), generator=generator) < 0.5).numpy() if train and self.hflip else False
+        maps = {t: c.get(rows, flips) for t, c in self.caches.items()}
+        if self.at is not None:
+            return maps[self.at]
+        return {t: (maps[src].mean(dim=(2, 3)) if t == "pool" else maps[src]) for t, src in self.sources.items()}
+
+
+def make_feeds(hasher, job) -> tuple[dict[str, Feed], dict]:
+    """One feed per split part (``train``, ``val``, ``query``, ``database``) for the deep ``hasher``
+    and what ``run.json`` records about cached inputs (the cut, the cache key and path)."""
+    from hashlearn.train.run import IndexedImages, Scatter
+
+    cfg: RunConfig = hasher.config
+    model: HashModel = hasher.model
+    backbone, taps = model.backbone, model.taps
+    ds, parts, size = job.dataset, job.parts, hasher.image_size
+    labels = {k: np.asarray(ds.labels[v]) for k, v in parts.items()}
+    fbs = cfg.train.feature_batch_size
+    extra: dict = {}
+
+    def say(text: str) -> None:
+        if job.progress:
+            print(text, file=sys.stderr, flush=True)
+
+    def activations(tap: str):
+        from hashlearn.nn import extract_activations
+
+        return extract_activations(backbone, ds, tap, size, flip=cfg.augment.hflip, dtype=cfg.activation_dtype,
+                                   batch_size=fbs, progress=job.progress)
+
+    def record(cache) -> dict:
+        return {"tap": cache.tap, "key": cache.key, "path": str(cache.path)}
+
+    def describe(cache) -> dict:  # for metrics.json: what the cache is and what making it cost
+        return {"tap": cache.tap, "path": str(cache.path), "shape": list(cache.array.shape), "dtype": cache.dtype,
+                "nbytes": cache.nbytes, "seconds": cache.manifest.get("seconds"),
+                "images_per_second": cache.manifest.get("images_per_second")}
+
+    if cfg.finetune_from:
+        cut = cfg.finetune_from
+        if cfg.augment.crop_padding:
+            say(f"note: augment.crop_padding ({cfg.augment.crop_padding}) does not apply to cached maps; ignored "
+                f"(flips use the stored mirror)")
+        say(f"fine-tuning above {cut} of {backbone.name}: the part below runs once (cached maps), BatchNorm above "
+            f"the cut {'keeps its running statistics' if cfg.finetune_bn == 'frozen' else 'uses batch statistics'} "
+            f"(finetune_bn: {cfg.finetune_bn})")
+        cache = activations(cut)
+        extra["cut"] = {**record(cache), "bn": cfg.finetune_bn,
+                        "weights_below_sha256": cache.key["weights_below_sha256"]}
+        hasher.cache_info = [describe(cache)]
+        feeds = {k: MapFeed({cut: cache}, v, labels[k], cfg.augment.hflip, at=cut) for k, v in parts.items()}
+        return feeds, extra
+    if model.frozen and not model.pooled:
+        sources = {t: (backbone.pool_tap if t == "pool" else t) for t in taps}
+        caches = {src: activations(src) for src in dict.fromkeys(sources.values())}
+        extra["maps"] = [record(c) for c in caches.values()]
+        hasher.cache_info = [describe(c) for c in caches.values()]
+        feeds = {k: MapFeed(caches, v, labels[k], cfg.augment.hflip, sources=sources) for k, v in parts.items()}
+        return feeds, extra
+    if model.frozen:
+        bargs = hasher.info.get("backbone_args") or {}
+        if bargs or getattr(backbone, "weights_id", "none") == "none":
+            # constructor arguments or a random network: features of exactly this backbone (not cached)
+            from hashlearn.train.model import pooled_features
+
+            needed = np.unique(np.concatenate(list(parts.values())))
+            feats = pooled_features(backbone, IndexedImages(ds.images, needed)[np.arange(len(needed))], taps, size,
+                                    fbs, progress=job.progress)
+            features = {t: Scatter(needed, v) for t, v in feats.items()}
+        else:
+            from hashlearn.nn import extract_features
+
+            features = extract_features(ds, backbone=cfg.backbone, image_size=size, taps=taps,
+                                        weights=cfg.weights or "default", seed=cfg.seed, batch_size=fbs,
+                                        progress=job.progress)
+        feeds = {k: FeatureFeed({t: np.asarray(features[t][v], dtype=np.float32) for t in taps}, labels[k])
+                 for k, v in parts.items()}
+        return feeds, extra
+    feeds = {k: ImageFeed(IndexedImages(ds.images, v), labels[k], backbone, size, cfg.augment.hflip,
+                          cfg.augment.crop_padding) for k, v in parts.items()}
+    return feeds, extra
