@@ -150,7 +150,7 @@ def report(epochs: int) -> None:
         protocol="cifar10-1", dataset="cifar10",
         backbone=f"EfficientNet-Lite0 (ImageNet weights), {SIZE} px, layers above `{cut}` trained on cached "
                  f"activations (cut chosen on validation among {', '.join(CUTS)}), {epochs} epochs",
-        command="python bench/finetune_cifar10.py report", machine=machine_line("2–4"),
+        command="python bench/finetune_cifar10.py report", machine=machine_line("2–4").removeprefix("Machine: "),
         rows=rows + [dict(r, cut="frozen") for r in frozen],
         notes=[
             f"goal mAP@all ≥ 0.70 at 48 bits: {goal}",

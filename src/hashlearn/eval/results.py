@@ -39,7 +39,7 @@ def row_from_metrics(metrics: dict, **extra: Any) -> dict:
         "train_seconds": metrics.get("training_seconds"),
         "images_per_second": metrics.get("images_per_second"),
     }
-    for key in ("val_mAP", "best_epoch", "chance_mAP"):
+    for key in ("chance_mAP@all", "val_mAP", "best_epoch"):
         if metrics.get(key) is not None:
             row[key] = metrics[key]
     row.update(extra)
