@@ -157,7 +157,8 @@ def cmd_train(args) -> int:
 
     config = _config_from_args(args)
     results = train(config, out=args.out, resume=not args.no_resume)
-    print(summary_markdown(results))
+    if results:  # data-parallel: only rank 0 has results (and prints them)
+        print(summary_markdown(results))
     return 0
 
 

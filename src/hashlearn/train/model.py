@@ -330,18 +330,24 @@ class DeepHasher(Hasher):
         return np.concatenate(out) if out else np.zeros((0, self.bits), np.int8)
 
     def fit(self, job: FitJob) -> DeepHasher:
+        from hashlearn.train import distributed
         from hashlearn.train.trainer import Trainer, make_feeds, pick_device
 
         run_dir = Path(job.run_dir)
         self.model.to(pick_device(self.config.device))
-        self._feeds, extra = make_feeds(self, job)
+        with distributed.main_first():  # caches are written once (rank 0), then read by the others
+            self._feeds, extra = make_feeds(self, job)
         self.info.update(extra)
-        self._write_run(run_dir)
+        if distributed.is_main():
+            self._write_run(run_dir)
         trainer = Trainer(self.deep_method, self.model, self.config, run_dir, train=self._feeds["train"],
                           val=self._feeds["val"], evaluator=job.evaluator)
         result = trainer.fit(resume=job.resume)
         self._trainer = trainer
         self.run_dir = run_dir
+        if not distributed.is_main():  # data-parallel: rank 0 alone encodes and writes the run folder
+            self.fingerprint, self.fit_info = "", {"best_epoch": result.best_epoch, "val_mAP": result.best_val_map}
+            return self
         self.fingerprint = run_fingerprint(run_dir, WEIGHTS_FILE)
         self.fit_info = {
             "backbone": self.config.backbone, "weights": str(self.config.weights), "frozen": self.config.frozen,

@@ -16,7 +16,9 @@ Run folder (``OUT/<bits>bits/``)::
                           rules, seed, code length, training seconds and images/s, fingerprint
     pr_curves.png         precision–recall over Hamming radii and precision@N
 
-and ``OUT/summary.json`` / ``OUT/summary.md`` for the whole command. ``OUT`` must be new,
+and ``OUT/summary.json`` / ``OUT/summary.md`` for the whole command. Under ``torchrun``
+(``WORLD_SIZE > 1``, :mod:`hashlearn.train.distributed`) every process trains and rank 0 alone
+writes all of this; the other processes return ``[]``. ``OUT`` must be new,
 empty or an earlier training output (:func:`hashlearn.train.runfolder.check_out_root`); every
 file is written to a temporary name and renamed. Nothing here ever deletes a file it did
 not write.
@@ -146,32 +148,52 @@ def train(config: RunConfig | dict, dataset=None, split=None, out: str | Path | 
     ``dataset`` defaults to ``config.dataset`` (prepared once); ``split`` to the ``config.split``
     file, else ``config.protocol`` (else the dataset's default protocol). Every model setting is
     checked before any data is loaded. Returns one metrics dict per code length (as written to
-    ``metrics.json``)."""
-    from hashlearn.train.model import FitJob, check_before_work, method_kind, new_hasher
+    ``metrics.json``); data-parallel (``WORLD_SIZE > 1``, started by ``torchrun``), every process
+    trains and the processes other than rank 0 return ``[]``."""
+    from hashlearn.train import distributed
 
     config = as_config(config)
+    created = distributed.setup(config.device)
+    try:
+        return _train(config, dataset, split, out, resume, evaluator, progress)
+    finally:
+        distributed.teardown(created)
+
+
+def _train(config: RunConfig, dataset, split, out, resume: bool, evaluator, progress: bool | None) -> list[dict]:
+    from hashlearn.train import distributed
+    from hashlearn.train.model import FitJob, check_before_work, method_kind, new_hasher
+
+    main = distributed.is_main()
     if not config.method:
         raise InputError("no method given; pass --method NAME (see: hashlearn methods)")
     if progress is not None:
         config.train.progress = bool(progress)
+    if not main:
+        config.train.progress = False
     progress = config.train.progress
     _, kind = method_kind(config.method)
+    if kind != "deep" and distributed.world_size() > 1:
+        raise InputError(f"method {config.method} is shallow (fit, not trained in batches): run it without torchrun")
     config.method = config.method.lower()
     out_root = Path(out or f"runs/{config.method}-{config.dataset}")
     # refuse a folder that is not ours, and a read-only place, before any work
-    check_out_root(out_root)
-    for bits in config.bits:
-        check_run_dir_for_training(out_root / f"{bits}bits")
-    probe_writable(next((p for p in (out_root, *out_root.parents) if p.exists()), Path(".")), target=out_root)
+    if main:
+        check_out_root(out_root)
+        for bits in config.bits:
+            check_run_dir_for_training(out_root / f"{bits}bits")
+        probe_writable(next((p for p in (out_root, *out_root.parents) if p.exists()), Path(".")), target=out_root)
     check_before_work(config)  # method arguments, taps, the cut: one line now, not after loading data
-    if dataset is None:
-        dataset = load_data(config.dataset, progress)
-    if split is None:
-        split = _resolve_split(config, dataset, progress)
+    with distributed.main_first():  # a dataset is prepared once (rank 0), then opened by the others
+        if dataset is None:
+            dataset = load_data(config.dataset, progress)
+        if split is None:
+            split = _resolve_split(config, dataset, progress)
     limit, seed = config.data.limit, config.seed
     parts = {k: _limit(getattr(split, k), limit, seed, i) for i, k in enumerate(("query", "train", "val", "database"))}
     describe = split.describe() if hasattr(split, "describe") else {}
-    out_root.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_root.mkdir(parents=True, exist_ok=True)
     _say(f"hashlearn train: method {config.method} ({kind}), dataset {getattr(dataset, 'name', config.dataset)} "
          f"({len(dataset)} images), protocol {config.protocol}: "
          + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
@@ -184,10 +206,15 @@ def train(config: RunConfig | dict, dataset=None, split=None, out: str | Path | 
     for bits in config.bits:
         run_cfg = config.copy(bits=[bits])
         run_dir = out_root / f"{bits}bits"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe_writable(run_dir)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe_writable(run_dir)
+        distributed.barrier()
         hasher = new_hasher(run_cfg, channels, side)
         hasher.fit(FitJob(dataset, parts, run_dir, resume=resume, evaluator=evaluator, progress=progress))
+        if not main:  # rank 0 encodes, evaluates and writes; wait for it before the next code length
+            distributed.barrier()
+            continue
         info = {**hasher.fit_info,
                 "method": config.method, "kind": kind, "dataset": getattr(dataset, "name", config.dataset),
                 "protocol": config.protocol, "protocol_description": _jsonable(describe),
@@ -198,6 +225,9 @@ def train(config: RunConfig | dict, dataset=None, split=None, out: str | Path | 
         results.append(metrics)
         _say(f"{bits} bits: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in metrics if k.startswith("mAP@"))
              + f", chance {metrics['chance_mAP@all']:.4f} ({run_dir})", progress)
+        distributed.barrier()
+    if not main:
+        return []
     table = summary_markdown(results)
     write_text_atomic(out_root / "summary.md", table + "\n")
     write_text_atomic(out_root / "summary.json", json.dumps(

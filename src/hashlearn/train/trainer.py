@@ -25,6 +25,14 @@ needs storing), so a run resumed from the checkpoint of epoch ``k`` ends with th
 as an uninterrupted run. A resume with other settings (see
 :data:`~hashlearn.train.runfolder.RESUME_FREE`) is refused. Progress bars are drawn only on a
 terminal; a log gets one line per epoch.
+
+Data-parallel (``torchrun``, :mod:`hashlearn.train.distributed`): ``train.batch_size`` is the
+*global* batch; each of the W ranks takes its own disjoint slice of ``batch_size / W`` images of
+every global batch (the same seeded permutation on every rank), the model is wrapped in
+``DistributedDataParallel`` (gradients averaged), ``TrainState.all_gather`` keeps per-image method
+state identical on every rank, and rank 0 alone validates and writes (log, ``best.pt``,
+checkpoints) while the others wait at a barrier. Augmentation draws come from a per-rank generator
+seeded by ``(seed, epoch, rank)``.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from hashlearn._atomic import atomic_target
 from hashlearn.codes import sign
 from hashlearn.errors import InputError
 from hashlearn.methods.base import Batch, Method, MethodOutput, pool, total_loss
+from hashlearn.train import distributed
 from hashlearn.train.config import RunConfig
 from hashlearn.train.progress import progress_bar
 from hashlearn.train.runfolder import RESUME_FREE, load_checkpoint, short_reason, write_text_atomic
@@ -55,11 +64,11 @@ Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
 
 def pick_device(name: str = "auto") -> torch.device:
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {name!r} requested but CUDA is not available")
     try:
-        return torch.device(name)
+        return distributed.device_for(torch.device(name))
     except RuntimeError:
         raise InputError(f"device: unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
 
@@ -182,6 +191,9 @@ class TrainState:
     step: int = 0
     train_labels: torch.Tensor | None = None
     method_state: dict[str, Any] = field(default_factory=dict)
+    #: data-parallel only: ``all_gather(tensor)`` → the ranks' tensors concatenated in rank order
+    #: (``Method.on_batch_end`` gathers the batch rows through it); None in one process
+    all_gather: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def encode_train(self) -> torch.Tensor:
         """Relaxed codes ``u`` of the whole training set (eval mode), ``(N, bits)``."""
@@ -223,10 +235,13 @@ class Trainer:
         self.config = config
         self.tc = config.train
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.world = distributed.world_size()
+        self.main = distributed.is_main()
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = pick_device(config.device)
         self.seed = int(config.seed)
-        self.progress = bool(self.tc.progress)
+        self.progress = bool(self.tc.progress) and self.main
         self.evaluator = evaluator or make_validation_evaluator(config)
         if self.tc.threads:
             torch.set_num_threads(int(self.tc.threads))
@@ -242,6 +257,20 @@ class Trainer:
             raise InputError("training split has fewer than 2 images")
         self.optimizer = self._optimizer()
         self.state = TrainState(trainer=self, train_labels=self.train_labels)
+        self.net: nn.Module = self.model  # what the training step calls (DDP-wrapped when data-parallel)
+        if self.world > 1:
+            bs = int(self.tc.batch_size)
+            if bs % self.world:
+                raise InputError(f"train.batch_size {bs} (the global batch) is not divisible by the {self.world} "
+                                 f"processes; choose a multiple of {self.world}")
+            if len(self.train_labels) < bs:
+                raise InputError(f"training split ({len(self.train_labels)} images) is smaller than the global "
+                                 f"batch train.batch_size {bs}")
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            self.state.all_gather = distributed.all_gather
 
     # --- optimisation -------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -354,7 +383,7 @@ class Trainer:
         self.state.step = int(ckpt.get("step", 0) or 0)
         # drop log lines of epochs after the checkpoint (the killed run may have logged them, or half a line)
         log = self.out_dir / "log.jsonl"
-        if log.exists():
+        if log.exists() and self.main:
             keep = []
             for line in log.read_text(errors="replace").splitlines():
                 try:
@@ -377,13 +406,20 @@ class Trainer:
         best = {"map": None, "epoch": 0}
         bad_evals, seconds, images, start_epoch = 0, 0.0, 0, 1
         ckpt = self._resume() if resume else None
+        if self.world > 1:  # every rank must resume from the same epoch (the run folder must be shared)
+            at = torch.tensor([-1 if ckpt is None else ckpt["epoch"]], dtype=torch.float64, device=self.device)
+            low, high = distributed.all_gather(at).min(), distributed.all_gather(at).max()
+            if low != high:
+                raise InputError(f"{self.checkpoint_path}: the processes found different checkpoints (epochs "
+                                 f"{int(low)}..{int(high)}); the run folder must be shared by every process")
         if ckpt is not None:
             best, bad_evals = ckpt["best"], ckpt["bad_evals"]
             seconds, images, start_epoch = ckpt["seconds"], ckpt["images"], ckpt["epoch"] + 1
             self._say(f"resuming from epoch {ckpt['epoch']} ({self.checkpoint_path})")
-        elif not resume:
+        elif not resume and self.main:
             for p in (self.checkpoint_path, self.best_path, self.out_dir / "log.jsonl"):
                 p.unlink(missing_ok=True)
+        distributed.barrier()
         self.method.on_train_start(self.state)
         stopped_early = False
         last_epoch = start_epoch - 1
@@ -396,6 +432,10 @@ class Trainer:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(n, generator=gen).numpy()
             n_batches = n // batch_size if n >= batch_size else 1  # drop the last partial batch
+            shard = batch_size // self.world  # this rank's slice of each global batch
+            offset = distributed.rank() * shard
+            if self.world > 1:
+                gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_009 + distributed.rank())
             self.method.on_epoch_start(self.state)
             self._set_lr(epoch)
             lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -404,11 +444,14 @@ class Trainer:
             total, parts_sum, seen = 0.0, {}, 0
             bar = progress_bar(range(n_batches), self.progress, f"epoch {epoch}/{epochs}", unit="batch")
             for b in bar:
-                idx = order[b * batch_size:(b + 1) * batch_size]
+                if self.world > 1:
+                    idx = order[b * batch_size + offset:b * batch_size + offset + shard]
+                else:
+                    idx = order[b * batch_size:(b + 1) * batch_size]
                 x = self._inputs(self.train, idx, train=True, generator=gen)
                 labels = self.train_labels[idx].to(self.device)
                 batch = Batch(labels=labels, index=torch.as_tensor(idx), inputs=x)
-                out = self.model(x, at=self.train.at)
+                out = self.net(x, at=self.train.at)
                 parts = self.method.loss(out, batch)
                 loss = total_loss(parts)
                 if not torch.isfinite(loss):
@@ -428,6 +471,11 @@ class Trainer:
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{rate:.0f}")
             self.method.on_epoch_end(self.state)
+            if self.world > 1:  # the epoch's sums over every rank's shard
+                sums = torch.tensor([total, float(seen), *parts_sum.values()], dtype=torch.float64, device=self.device)
+                sums = distributed.all_reduce_sum(sums).tolist()
+                total, seen = sums[0], int(sums[1])
+                parts_sum = dict(zip(parts_sum, sums[2:], strict=True))
             epoch_seconds = time.perf_counter() - t0
             seconds += epoch_seconds
             images += seen
@@ -436,6 +484,14 @@ class Trainer:
                       "lr": lrs,
                       "seconds": round(epoch_seconds, 3),
                       "images_per_second": round(seen / max(epoch_seconds, 1e-9), 1)}
+            if not self.main:  # rank 0 validates and writes; here: its verdict (best, early stop)
+                distributed.barrier()
+                verdict = distributed.broadcast(torch.zeros(4, dtype=torch.float64, device=self.device)).tolist()
+                best = {"map": None if math.isnan(verdict[0]) else verdict[0], "epoch": int(verdict[1])}
+                bad_evals, stopped_early = int(verdict[2]), bool(verdict[3])
+                if stopped_early:
+                    break
+                continue
             if self.val is not None and (epoch % eval_every == 0 or epoch == epochs):
                 val_map = self.validate()
                 record["val_map"] = val_map
@@ -454,6 +510,11 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
             stopped_early = patience > 0 and bad_evals >= patience and epoch < epochs
             self._checkpoint(epoch, best, bad_evals, seconds, images, stopped_early)
+            if self.world > 1:
+                distributed.barrier()
+                distributed.broadcast(torch.tensor([math.nan if best["map"] is None else best["map"], best["epoch"],
+                                                    bad_evals, float(stopped_early)],
+                                                   dtype=torch.float64, device=self.device))
             val_txt = f" val mAP {record['val_map']:.4f}" if "val_map" in record else ""
             parts_txt = " (" + ", ".join(f"{k} {v:.4f}" for k, v in record["parts"].items()) + ")"
             self._say(f"epoch {epoch}/{epochs} loss {record['loss']:.4f}{parts_txt}{val_txt} "
@@ -461,7 +522,7 @@ class Trainer:
             if stopped_early:
                 self._say(f"early stopping: no validation improvement in {patience} evaluations")
                 break
-        if self.best_path.exists():
+        if self.main and self.best_path.exists():
             self.model.load_trainable_state(load_checkpoint(self.best_path, map_location=self.device)["model"],
                                             where=str(self.best_path))
         return TrainResult(best_epoch=int(best["epoch"]), best_val_map=best["map"],
