@@ -45,9 +45,10 @@ TAP_ORDER = ["stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7
 
 
 def dmsh_taps(cut: str) -> str:
-    """DMSH's scales above the cut: the cut itself, stage5 (when above it), stage7, and the pooled head."""
+    """DMSH's scales above the cut: the cut itself, stage5 (when above it), stage7, and the head conv's map
+    (the spec's conv scale heads need maps, so the pooled vector is not a scale here)."""
     above = [t for t in ("stage5", "stage7") if TAP_ORDER.index(t) > TAP_ORDER.index(cut)]
-    return "[" + ",".join([cut, *above, "pool"]) + "]"
+    return "[" + ",".join([cut, *above, "head"]) + "]"
 
 
 METHODS = {
@@ -105,15 +106,19 @@ def frozen_rows() -> list[dict]:
 
 
 def cache_lines(metrics: list[dict]) -> list[str]:
-    """What the runs say about the activation cache they used (size, extraction time)."""
-    out = []
+    """What the runs say about the activation caches they used (size, extraction time), one line a cut."""
+    out, seen = [], set()
     for m in metrics:
-        c = m.get("activation_cache") or {}
-        if c:
-            out.append(f"* activation cache at `{c.get('tap')}`: {c.get('nbytes', 0) / 1e9:.2f} GB "
-                       f"({c.get('shape')}, fp16, original + mirrored), extracted in "
-                       f"{c.get('seconds', float('nan')):.0f} s; shared by every run at that cut")
-            break
+        caches = m.get("activation_cache") or []
+        for c in caches if isinstance(caches, list) else [caches]:
+            if c.get("tap") in seen:
+                continue
+            seen.add(c.get("tap"))
+            seconds = c.get("seconds")
+            made = f"extracted in {seconds:.0f} s" if seconds else "extraction time not recorded"
+            out.append(f"activation cache at `{c.get('tap')}`: {c.get('nbytes', 0) / 1e9:.2f} GB "
+                       f"(shape {c.get('shape')}, {c.get('dtype')}, original + mirrored maps), {made}; "
+                       "shared by every run at that cut")
     return out
 
 
@@ -122,18 +127,26 @@ def report(epochs: int) -> None:
 
     cut = chosen_cut()
     metrics = {m: {r["bits"]: r for r in read_metrics(run_dir(m, cut))} for m in METHODS}
-    rows = [row_from_metrics(r, cut=cut) for m in METHODS for _, r in sorted(metrics[m].items())]
+    rows = [row_from_metrics(r, cut=cut, epochs=r.get("epochs_run")) for m in METHODS
+            for _, r in sorted(metrics[m].items())]
+    # the cut-probe runs are whole runs too (48 bits, query and database encoded): reported as such
+    probes = {c: read_metrics(tune_dir(c)) for c in CUTS}
+    rows += [row_from_metrics(r, cut=c, epochs=r.get("epochs_run"), run="cut probe")
+             for c in CUTS for r in probes[c]]
     frozen = frozen_rows()
     ratios = []
-    for bits in sorted(metrics["dpsh"]):
-        for m in METHODS:
-            f = next((r for r in frozen if r["method"] == f"{m} (frozen)" and r["bits"] == bits), None)
-            if f and bits in metrics[m]:
-                ratios.append(f"* {m} {bits} bits: fine-tuned {metrics[m][bits]['mAP@all']:.4f} vs frozen "
-                              f"{f['mAP@all']:.4f} ({metrics[m][bits]['mAP@all'] / f['mAP@all']:.2f}×)")
-        if bits in metrics["dmsh"]:
-            a, b = metrics["dmsh"][bits]["mAP@all"], metrics["dpsh"][bits]["mAP@all"]
-            ratios.append(f"* {bits} bits: DMSH/DPSH {a / b:.3f} — DMSH {'beats' if a > b else 'does NOT beat'} DPSH")
+    measured = [(r["method"], r["bits"], r["mAP@all"], f"{r['cut']}, {r.get('run', 'run')}") for r in rows]
+    for method, bits, value, what in measured:
+        f = next((r for r in frozen if r["method"] == f"{method} (frozen)" and r["bits"] == bits), None)
+        if f:
+            ratios.append(f"* {method} {bits} bits ({what}): fine-tuned {value:.4f} vs frozen {f['mAP@all']:.4f} "
+                          f"({value / f['mAP@all']:.2f}×)")
+    for bits in sorted(set(metrics["dpsh"]) & set(metrics["dmsh"])):
+        a, b = metrics["dmsh"][bits]["mAP@all"], metrics["dpsh"][bits]["mAP@all"]
+        ratios.append(f"* {bits} bits: DMSH/DPSH {a / b:.3f} — DMSH {'beats' if a > b else 'does NOT beat'} DPSH")
+    if not (metrics["dpsh"] or metrics["dmsh"]):
+        ratios.append("* the `run` step (DPSH and DMSH at 12/24/32/48 bits at the chosen cut) has not run yet: "
+                      "the only fine-tuned figures are the cut probes'")
     best48 = max((r["mAP@all"] for r in rows if r["bits"] == 48), default=None)
     goal = ("not reached" if best48 is None or best48 < 0.70 else "reached") + (
         f" (best mAP@all at 48 bits: {best48:.4f})" if best48 is not None else " (no 48-bit run)")
@@ -142,12 +155,13 @@ def report(epochs: int) -> None:
         f"| {r['cut']} | {r['val_mAP']:.4f} | {r['train_seconds']:.0f} | {r['images_per_second']:.0f} |"
         for r in tune_rows()]
     curves = []
-    for m in METHODS:
-        for r in sorted(metrics[m].values(), key=lambda r: r["bits"]):
-            hist = r.get("val_history") or []
-            if hist:
-                curves.append(f"* {m} {r['bits']} bits: " + ", ".join(
-                    f"e{h['epoch']} {h['val_mAP']:.3f}" for h in hist))
+    runs = [(m, r, "") for m in METHODS for r in sorted(metrics[m].values(), key=lambda r: r["bits"])]
+    runs += [(r["method"], r, f" (cut probe at {c})") for c in CUTS for r in probes[c]]
+    for m, r, what in runs:
+        hist = r.get("val_history") or []
+        if hist:
+            curves.append(f"* {m} {r['bits']} bits{what}: " + ", ".join(
+                f"e{h['epoch']} {h['val_mAP']:.3f}" for h in hist))
     plot = pr_plot(metrics, 48, DOCS / f"{NAME}-pr48.png")
     write_results(
         DOCS, NAME,
@@ -161,7 +175,7 @@ def report(epochs: int) -> None:
             f"goal mAP@all ≥ 0.70 at 48 bits: {goal}",
             f"training: Adam, heads lr {LR}, layers above the cut at lr/10, cosine schedule, batch 64, {epochs} "
             "epochs, hflip through the cached mirrored maps, model chosen by validation mAP",
-            *cache_lines([r for by in metrics.values() for r in by.values()]),
+            *cache_lines([r for by in metrics.values() for r in by.values()] + [r for c in CUTS for r in probes[c]]),
             "frozen rows: from `cifar10-1-frozen-lite0.md` (earlier session, 40 epochs on pooled frozen features)",
         ],
         sections=[

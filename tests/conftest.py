@@ -56,3 +56,17 @@ def make_readonly():
     yield _make
     for step in reversed(undo):
         step()
+
+
+def reevaluated_map(run_dir, dataset) -> float:
+    """mAP@all of a run folder's saved query/database codes against ``dataset``'s labels: what a
+    run reports must be what its codes give (a check that can fail, unlike ``0 <= mAP <= 1``)."""
+    from hashlearn.codes import load_codes
+    from hashlearn.eval import evaluate
+
+    run_dir = Path(run_dir)
+    where = {str(i): n for n, i in enumerate(dataset.ids)}
+    q, d = load_codes(run_dir / "query_codes.npz"), load_codes(run_dir / "database_codes.npz")
+    ql = dataset.labels[[where[str(i)] for i in q.ids]]
+    dl = dataset.labels[[where[str(i)] for i in d.ids]]
+    return float(evaluate(q.packed, d.packed, ql, dl, bits=q.bits)["mAP@all"])

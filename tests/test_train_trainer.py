@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import reevaluated_map
 from hashlearn.codes import load_codes
 from hashlearn.errors import InputError
 from hashlearn.methods import get_method
@@ -127,7 +128,7 @@ def test_hooks_are_called_with_batch_indices(data, tmp_path):
     n_batches = len(split.train) // 16
     assert kinds == (["train_start"] + (["epoch_start"] + ["batch_end"] * n_batches + ["epoch_end"]) * 2)
     seen = sorted(i for c in method.calls if c[0] == "batch_end" and c[1] == 1 for i in c[2])
-    assert seen == list(range(n_batches * 16)) or set(seen) <= set(range(len(split.train)))
+    assert set(seen) <= set(range(len(split.train)))  # positions in the training split
     assert len(set(seen)) == n_batches * 16  # each training image at most once per epoch
     assert ("epoch_end", 2, (len(split.train), 8)) in method.calls
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -139,7 +140,7 @@ def test_frozen_mode_trains_heads_on_cached_features(data, tmp_path, monkeypatch
     ds, split = data
     res = train(tiny_config(**{"frozen": "true", "method": "dmsh", "method_args": "{mid_channels: 8}"}),
                 dataset=ds, split=split, out=tmp_path / "run")[0]
-    assert res["frozen"] and 0 <= res["mAP@all"] <= 1
+    assert res["frozen"] and abs(res["mAP@all"] - reevaluated_map(tmp_path / "run/8bits", ds)) < 1e-9
     state = torch.load(tmp_path / "run/8bits/best.pt", weights_only=True)["model"]
     assert state and all(k.startswith("head.") for k in state)  # the backbone is not trained or saved
 
