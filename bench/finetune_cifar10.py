@@ -138,14 +138,20 @@ def limits(runs: list) -> list[str]:
     out = []
     for m, r, what in runs:
         hist = [h["val_mAP"] for h in r.get("val_history") or []]
-        if len(hist) >= 4:
+        chance = r.get("chance_mAP@all") or 0.0
+        if hist and max(hist) < 2 * chance:
+            out.append(f"* {m} {r['bits']} bits{what}: validation mAP stayed near chance ({max(hist):.3f} at best, "
+                       f"chance {chance:.3f}) for {len(hist)} epochs; its loss sat at about log 2 + quantization, "
+                       "the value of codes near 0: DPSH's single linear layer on these features did not start to "
+                       "learn in this budget (frozen, it needed 40 epochs at lr 3e-3 for 0.44 validation mAP)")
+        elif len(hist) >= 4:
             gain = hist[-1] - hist[-4]
             out.append(f"* {m} {r['bits']} bits{what}: val mAP {hist[-1]:.3f} after {len(hist)} epochs, "
                        f"{gain:+.3f} over the last 3 — " + ("still rising: under-trained" if gain > 0.01 else
                                                            "flattening as the cosine schedule takes the learning rate "
                                                            "to about 0 in the last epochs"))
     out.append("* for scale: frozen DMSH reached 0.75–0.77 validation mAP (cifar10-1-frozen-lite0.md) with two "
-               "differences from these runs: 40 epochs instead of 10 (this session's CPU budget), and MLP scale heads "
+               "differences from these runs: 40 epochs instead of 10–15 (this session's CPU budget), and MLP scale heads "
                "on pooled taps instead of the spec's conv scale heads on maps, which the earlier from-scratch runs "
                "(cifar10-II-smallcnn.md) also found weaker; a longer schedule and MLP heads above the cut are the next "
                "runs to make")
