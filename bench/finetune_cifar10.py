@@ -151,10 +151,10 @@ def limits(runs: list) -> list[str]:
                                                            "flattening as the cosine schedule takes the learning rate "
                                                            "to about 0 in the last epochs"))
     out.append("* for scale: frozen DMSH reached 0.75–0.77 validation mAP (cifar10-1-frozen-lite0.md) with two "
-               "differences from these runs: 40 epochs instead of 10–15 (this session's CPU budget), and MLP scale heads "
-               "on pooled taps instead of the spec's conv scale heads on maps, which the earlier from-scratch runs "
-               "(cifar10-II-smallcnn.md) also found weaker; a longer schedule and MLP heads above the cut are the next "
-               "runs to make")
+               "differences from these runs: 40 epochs instead of 10–15 (this session's CPU budget), and MLP scale "
+               "heads on pooled taps instead of the spec's conv scale heads on maps, which the earlier from-scratch "
+               "runs (cifar10-II-smallcnn.md) also found weaker; a longer schedule and MLP heads above the cut are the "
+               "next runs to make")
     return out
 
 
