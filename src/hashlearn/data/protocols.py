@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from hashlearn._atomic import atomic_target
 from hashlearn.data.dataset import ImageDataset
 from hashlearn.data.datasets import DATASETS, load_all
 from hashlearn.data.sources import one_line
@@ -147,19 +148,16 @@ class Split:
         meta = {"format": SPLIT_FORMAT, "version": 1, **self.describe()}
         if self.ids_sha256 is not None:
             meta["ids_sha256"] = self.ids_sha256
-        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # written whole, then renamed: never half a file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.suffix == ".json":
-                payload = {**meta, **{key: getattr(self, key).tolist() for key in SPLIT_PARTS}}
-                tmp.write_text(json.dumps(payload) + "\n")
-            else:
-                parts = {k: getattr(self, k) for k in SPLIT_PARTS}
-                np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **parts)
-            os.replace(tmp, path)
+            with atomic_target(path) as tmp:  # written whole, then renamed: never half a file
+                if path.suffix == ".json":
+                    payload = {**meta, **{key: getattr(self, key).tolist() for key in SPLIT_PARTS}}
+                    tmp.write_text(json.dumps(payload) + "\n")
+                else:
+                    parts = {k: getattr(self, k) for k in SPLIT_PARTS}
+                    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **parts)
         except OSError as exc:
-            if tmp.parent.is_dir():
-                tmp.unlink(missing_ok=True)
             raise InputError(f"cannot write split file {path}: {exc.strerror or exc}") from None
         return path
 

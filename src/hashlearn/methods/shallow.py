@@ -23,12 +23,12 @@ rebuilds it after checking every array's dtype and shape, and :func:`save_hasher
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hashlearn._atomic import atomic_target
 from hashlearn.codes import sign
 from hashlearn.errors import HashlearnError, InputError, NotFoundError
 from hashlearn.methods import METHODS, register_method
@@ -360,12 +360,8 @@ def save_hasher(model: ShallowHasher, path: str | Path) -> Path:
     state = model.get_state()
     meta = json.dumps({"format": STATE_FORMAT, "method": state["method"], "params": state["params"]})
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    try:
+    with atomic_target(path) as tmp:
         np.savez(tmp, __meta__=np.array(meta), **state["arrays"])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

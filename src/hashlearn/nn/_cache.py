@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hashlearn._atomic import atomic_write_text
 from hashlearn._digest import file_digest
 from hashlearn.errors import HashlearnError, InputError
 
@@ -130,12 +131,6 @@ def check_disk_space(folder: Path, needed: int, what: str, more: bool = False, n
         raise HashlearnError(f"{what} needs {human_bytes(needed)}{' more' if more else ''}{note} but only "
                              f"{human_bytes(free)} is free under {probe}; free space or point cache_dir / "
                              f"$HASHLEARN_CACHE at a larger disk")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
