@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from hashlearn._atomic import atomic_write_text
 from hashlearn.errors import InputError, NotFoundError
 
 FORMAT_VERSION = 1
@@ -455,9 +455,7 @@ class HammingIndex:
             "reorder": self.reorder,
             "ntotal": len(self),
         }
-        tmp = path / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, path / "meta.json")
+        atomic_write_text(path / "meta.json", json.dumps(meta, indent=1))
         return path
 
     @classmethod
