@@ -146,3 +146,26 @@ def test_per_image_memory_grows_when_not_reserved():
     assert len(memory) == 6 and memory.filled.tolist() == [False] * 5 + [True]
     memory.reserve(8)
     assert len(memory) == 8 and memory.codes[5].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_dpsh_mlp_head_is_dmsh_pooled_scale_head_so_capacity_can_be_equal():
+    linear = get_method("dpsh")(bits=16).build_head({"pool": 64}, pooled=True)
+    mlp = get_method("dpsh")(bits=16, head="mlp", mid_channels=32).build_head({"pool": 64}, pooled=True)
+    dmsh = get_method("dmsh")(bits=16, mid_channels=32, scale_head="mlp", taps=["pool"]).build_head(
+        {"pool": 64}, pooled=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(linear) == 64 * 16 + 16
+    assert count(mlp) == count(dmsh.scales["pool"])  # the same MLP as one DMSH scale
+    out = mlp.eval()({"pool": torch.randn(5, 64)})
+    assert out.codes.shape == (5, 16)
+    with pytest.raises(InputError, match="head"):
+        get_method("dpsh")(bits=16, head="conv")
+
+
+def test_dmsh_conv_scale_head_takes_a_pooled_tap_as_a_1x1_map():
+    """Fine-tuning with ``pool`` among DMSH's taps: the conv head gets a vector there, not an error."""
+    head = get_method("dmsh")(bits=8, mid_channels=4, taps=["s", "pool"]).build_head({"s": 6, "pool": 5}, pooled=False)
+    out = head.eval()({"s": torch.randn(3, 6, 4, 4), "pool": torch.randn(3, 5)})
+    assert out.codes.shape == (3, 8)
+    with pytest.raises(InputError, match="feature map"):
+        head.scales["s"](torch.randn(3, 6, 4))

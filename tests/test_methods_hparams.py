@@ -48,4 +48,4 @@ def test_yaml_spellings_of_good_values_are_accepted():
     assert isinstance(m.bits, int) and isinstance(m.mid_channels, int)
     d = get_method("dpsh")(bits=12, pairs="memory", memory_size=256)
     assert d.hparams() == {"bits": 12, "pairs": "memory", "memory_size": 256, "eta": 0.1, "activation": "none",
-                           "tap": None}
+                           "tap": None, "head": "linear", "mid_channels": 256}

@@ -21,6 +21,10 @@ Normalisation: both terms are means (over pairs, over code entries) where the pa
 ``η`` here is not the paper's ``η = 10``: dividing the paper's objective by its B·N pairs gives
 ``η = η_paper · k / N`` (k bits, N training images; 10 · 32 / 5000 ≈ 0.06). ``η = 0.1`` is the
 usual value with this normalisation (DeepHash-pytorch's ``alpha``).
+
+``head``: ``"linear"`` (the paper: one hash layer on the pooled feature) or ``"mlp"`` (DMSH's
+pooled scale head, FC(C → mid) → BN → ReLU → FC(mid → mid) → ReLU → FC(mid → k), width
+``mid_channels``), so DPSH and DMSH can be compared at equal head capacity.
 """
 
 from __future__ import annotations
@@ -29,16 +33,28 @@ from torch import Tensor, nn
 
 from hashlearn.errors import InputError
 from hashlearn.methods import register_method
-from hashlearn.methods.base import Batch, MethodOutput, check_choice, check_number, pool, quantization_loss
+from hashlearn.methods.base import (
+    Batch,
+    MethodOutput,
+    check_choice,
+    check_int,
+    check_number,
+    pool,
+    quantization_loss,
+)
+from hashlearn.methods.heads import ScaleHead
 from hashlearn.methods.losses import PairwiseLikelihood
 from hashlearn.methods.pairwise import PairwiseMethod
 
 
 class DPSHHead(nn.Module):
-    def __init__(self, tap: str, channels: int, bits: int, activation: str = "none"):
+    def __init__(self, tap: str, channels: int, bits: int, activation: str = "none", head: str = "linear",
+                 mid_channels: int = 256):
         super().__init__()
         self.tap = tap
-        self.fc = nn.Linear(channels, bits)
+        # "linear": the paper's hash layer; "mlp": DMSH's pooled scale head (equal head capacity)
+        self.fc = nn.Linear(channels, bits) if head == "linear" else ScaleHead(
+            channels, bits, mid_channels, pooled=True, activation="none", kind="mlp")
         self.activation = activation
 
     def forward(self, features: dict[str, Tensor]) -> MethodOutput:
@@ -59,10 +75,12 @@ class DPSH(PairwiseMethod):
     name = "dpsh"
 
     def __init__(self, bits: int, eta: float = 0.1, pairs: str = "all", memory_size: int = 0,
-                 activation: str = "none", tap: str | None = None):
+                 activation: str = "none", tap: str | None = None, head: str = "linear", mid_channels: int = 256):
         super().__init__(bits, pairs=pairs, memory_size=memory_size)
         self.eta = check_number(self.name, "eta", eta, minimum=0)
         self.activation = check_choice(self.name, "activation", activation, ("none", "tanh"))
+        self.head = check_choice(self.name, "head", head, ("linear", "mlp"))
+        self.mid_channels = check_int(self.name, "mid_channels", mid_channels, minimum=1)
         if tap is not None and (not isinstance(tap, str) or not tap):
             raise InputError(f"dpsh: tap must be a backbone tap name or null, got {tap!r}")
         self.tap = tap
@@ -73,7 +91,7 @@ class DPSH(PairwiseMethod):
 
     def build_head(self, tap_channels: dict[str, int], pooled: bool) -> nn.Module:
         (tap,) = tap_channels
-        return DPSHHead(tap, tap_channels[tap], self.bits, self.activation)
+        return DPSHHead(tap, tap_channels[tap], self.bits, self.activation, self.head, self.mid_channels)
 
     def loss(self, out: MethodOutput, batch: Batch) -> dict[str, Tensor]:
         u = out.codes
