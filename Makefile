@@ -6,14 +6,24 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hashlearn-installed
 
-.PHONY: demo test lint bench clean-venv system-data
+.PHONY: demo test lint bench clean-venv system-data system-browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@$(MAKE) --no-print-directory system-data
+	@$(MAKE) --no-print-directory system-browser
 	@touch $(STAMP)
+
+# Debian's Chromium for the browser test of `hashlearn serve`'s page (tests/test_serve.py drives it with
+# playwright; playwright's own browser download needs internet). Optional: without it that test skips.
+system-browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| echo "note: could not install chromium; the browser test of the web page will skip"; \
+	else echo "note: chromium not installed (needs root apt-get); the browser test of the web page will skip"; fi
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist (real images, MIT licence). Optional:
 # without it the demo and tests fall back to scikit-learn's digits.

@@ -269,6 +269,100 @@ def calibrate(log):
     return fitted
 
 
+LATENCY_BATCHES = (1, 2, 4, 8, 16)
+
+
+def latency(n, bits, kind, trials, log):
+    """p50/p99 latency of one search call of 1-16 queries (k = K): FAISS IndexBinaryFlat, hashlearn
+    flat, mih and auto, interleaved call by call; queries drawn like the codes (never reused)."""
+    import faiss
+
+    from hashlearn.index import HammingIndex
+
+    db = make_codes(kind, n, bits, seed=1)
+    q = make_codes(kind, trials * sum(LATENCY_BATCHES) + 64, bits, seed=2)
+    fx = faiss.IndexBinaryFlat(bits)
+    fx.add(db)
+    peers = {"FAISS": lambda x, k: fx.search(x, k)}
+    indexes = {}
+    for method in ("flat", "mih", "auto"):
+        index = HammingIndex(bits, method=method)
+        index.add(db)
+        indexes[method] = index
+        peers[method] = index.search
+    indexes["mih"].mih_tables()
+    for b in LATENCY_BATCHES:  # compile, build MIH tables, make auto's first choices
+        for search in peers.values():
+            search(q[:b], K)
+    probe = HammingIndex(bits)
+    probe.add(db)
+    estimate_ms = [timed(lambda i=i: probe.estimate_costs(k=K, queries=q[i : i + 1]), 1)[0] * 1e3 for i in range(20)]
+    decisions_before = indexes["auto"].auto_decisions
+    rows, at = [], 64
+    for b in LATENCY_BATCHES:
+        times = {name: [] for name in peers}
+        picked = set()
+        for _ in range(trials):
+            batch = q[at : at + b]
+            at += b
+            for name, search in peers.items():
+                times[name].append(timed(lambda search=search, batch=batch: search(batch, K), 1)[0] * 1e3)
+            picked.add(indexes["auto"].last_method)
+        row = {"n": n, "bits": bits, "kind": kind, "queries": b, "trials": trials, "auto_used": sorted(picked)}
+        for name, t in times.items():
+            row[name] = (float(np.percentile(t, 50)), float(np.percentile(t, 99)))
+        log(row)
+        rows.append(row)
+    extra = {"estimate_ms_p50": float(np.median(estimate_ms)),
+             "auto_estimates_during_timing": indexes["auto"].auto_decisions - decisions_before,
+             "auto_calls_timed": trials * len(LATENCY_BATCHES), "mih_m": indexes["mih"].mih_tables().m,
+             "threads": THREADS}
+    return rows, extra
+
+
+def write_latency(path: Path, rows, extra, command, load_before, load_after, elapsed):
+    r0 = rows[0]
+    lines = [
+        "# Hamming search latency: single queries and small batches",
+        "",
+        "Written by `bench/search.py --only latency`; reproduce with:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared: load average "
+        f"{load_before[0]:.1f} before and {load_after[0]:.1f} after (1 min; other jobs ran on the 2 cores, so "
+        f"absolute times are inflated and noisy; the peers are interleaved call by call, so they share the same "
+        f"conditions). Threads: {extra['threads']} for every peer. {r0['n']:,} {r0['kind']} {r0['bits']}-bit codes "
+        f"(noisy copies of 100 centre codes, each bit flipped with probability 1/8), queries drawn the same "
+        f"way and never reused, k = {K}, {r0['trials']} calls per cell. Run took {elapsed / 60:.1f} min.",
+        "",
+        "| queries per call | FAISS `IndexBinaryFlat` p50 / p99 ms | hashlearn `flat` | `mih` "
+        f"(m = {extra['mih_m']}) | `auto` | `auto` used |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['queries']} | {fmt_ms(r['FAISS'])} | {fmt_ms(r['flat'])} | {fmt_ms(r['mih'])} | "
+                     f"{fmt_ms(r['auto'])} | {', '.join(r['auto_used'])} |")
+    lines += [
+        "",
+        f"`auto` decides once per k (and again when the number of codes changes by more than 10 % or the "
+        f"k-th distances drift): during the {extra['auto_calls_timed']} timed `auto` calls it re-estimated "
+        f"{extra['auto_estimates_during_timing']} times. One estimate (what every call paid before) costs "
+        f"{extra['estimate_ms_p50']:.2f} ms (median of 20, one query) here. Fewer queries than threads "
+        f"(one query on 2 threads) scan with the database split between the threads.",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    import json
+
+    path.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows, **extra,
+                                                     "load_before": load_before, "load_after": load_after},
+                                                    indent=1) + "\n")
+
+
 def fmt_ms(pair):
     return f"{pair[0]:.2f} / {pair[1]:.2f}"
 
@@ -398,6 +492,7 @@ def write_report(path, rows, be, bandwidth, command, elapsed, load_before):
 
 
 def main(argv=None) -> int:
+    global THREADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--repeats", type=int, default=3)
@@ -405,11 +500,17 @@ def main(argv=None) -> int:
     parser.add_argument("--no-break-even", action="store_true")
     parser.add_argument(
         "--only",
-        choices=["breakeven", "calibrate"],
+        choices=["breakeven", "calibrate", "latency"],
         help="breakeven: re-measure only the break-even section and rewrite it in --out, keeping the "
-        "other sections; calibrate: fit and print the cost-model constants (writes nothing)",
+        "other sections; calibrate: fit and print the cost-model constants (writes nothing); latency: "
+        "1-16 queries per call, p50/p99, written to --latency-out",
     )
+    parser.add_argument("--latency-n", type=int, default=10_000_000, help="codes for --only latency")
+    parser.add_argument("--latency-trials", type=int, default=100, help="calls per cell for --only latency")
+    parser.add_argument("--latency-out", default="docs/results/search-latency.md")
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"threads of every peer (default {THREADS})")
     args = parser.parse_args(argv)
+    THREADS = args.threads
     set_threads(THREADS)
     started = time.perf_counter()
     load_before = os.getloadavg()
@@ -421,6 +522,12 @@ def main(argv=None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/search.py", *given])
     if args.only == "calibrate":
         calibrate(log)
+        return 0
+    if args.only == "latency":
+        rows, extra = latency(args.latency_n, 64, "clustered", args.latency_trials, log)
+        write_latency(Path(args.latency_out), rows, extra, command, load_before, os.getloadavg(),
+                      time.perf_counter() - started)
+        print(f"wrote {args.latency_out}")
         return 0
     if args.only == "breakeven":
         update_breakeven(Path(args.out), break_even(args.repeats, log), command)

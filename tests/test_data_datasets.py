@@ -15,7 +15,7 @@ from hashlearn.cli import main
 from hashlearn.data import DATASETS, load_all, load_dataset, prepare
 from hashlearn.errors import InputError
 
-FAMILIES = {"cifar10", "csv", "digits", "folder", "lists", "mnist", "mosaic"}
+FAMILIES = {"aircraft", "cub", "cifar10", "csv", "digits", "folder", "lists", "mnist", "mosaic"}
 
 
 def test_every_dataset_lives_in_one_module_of_the_datasets_package():

@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "hashlearn.train.commands",
     "hashlearn.eval.commands",
     "hashlearn.index.commands",
+    "hashlearn.duplicates.commands",
+    "hashlearn.serve.commands",
 )
 
 

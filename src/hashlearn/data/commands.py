@@ -215,7 +215,8 @@ def _parse_params(items: list[str]) -> dict:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
-        if isinstance(value, (dict, list)):
-            raise InputError(f"--set {item!r}: a protocol parameter is a number, true/false, null or a name")
+        if isinstance(value, dict) or (isinstance(value, list) and key.strip() != "classes"):
+            raise InputError(f"--set {item!r}: a protocol parameter is a number, true/false, null or a name "
+                             f"(classes: a list of class names or indices)")
         params[key.strip()] = value
     return params

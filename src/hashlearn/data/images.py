@@ -211,6 +211,10 @@ def decode_image(
 
 
 def _reason(exc: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):  # its text names a BytesIO object, not the file
+        return "not an image file (or in a format Pillow cannot read)"
     text = str(exc).splitlines()[0] if str(exc) else ""
     return text or type(exc).__name__
 

@@ -538,10 +538,60 @@ def nus_wide(val_fraction: float = 0.1) -> Protocol:
 
 
 def protocol_params(name: str) -> list[str]:
-    """The parameters protocol ``name`` takes (what ``--set KEY=VALUE`` / ``protocol_args`` may set)."""
+    """The parameters protocol ``name`` takes (what ``--set KEY=VALUE`` / ``protocol_args`` may set);
+    besides these, every protocol takes ``classes`` (:class:`ClassSubset`)."""
     factory = PROTOCOLS.get(name)
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [p.name for p in inspect.signature(factory).parameters.values() if p.kind in kinds]
+
+
+class ClassSubset(Protocol):
+    """Any protocol applied to the images of some classes only (``protocol_args: {classes: [...]}``,
+    class names or indices; single-label data): e.g. Fashion-MNIST's five upper-body garment classes
+    ``[T-shirt/top, Pullover, Dress, Coat, Shirt]`` (small differences between classes, the closest
+    fine-grained set here). The inner protocol sees a view holding only those classes (relabelled
+    0..C'−1 in the order of the dataset's classes, so per-class counts apply to each kept class);
+    the split's indices point into the whole dataset and the images keep their original labels."""
+
+    def __init__(self, inner: Protocol, classes: Any):
+        if isinstance(classes, (str, int)) or not isinstance(classes, (list, tuple)) or not classes:
+            raise InputError(f"protocol {inner.name!r}: classes must be a non-empty list of class names or "
+                             f"indices, got {classes!r}")
+        super().__init__(inner.name, **inner.params, classes=list(classes))
+        self.inner = inner
+
+    def resolve(self, ds: ImageDataset) -> np.ndarray:
+        """The kept class indices, sorted."""
+        out = []
+        for c in self.params["classes"]:
+            if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < ds.n_classes:
+                out.append(int(c))
+            elif isinstance(c, str) and c in ds.class_names:
+                out.append(ds.class_names.index(c))
+            else:
+                raise InputError(f"protocol {self.name!r}: class {c!r} is not a class of {ds.name} (its classes: "
+                                 f"{', '.join(ds.class_names)}; or an index 0..{ds.n_classes - 1})")
+        if len(set(out)) != len(out):
+            raise InputError(f"protocol {self.name!r}: classes {self.params['classes']!r} names a class twice")
+        return np.array(sorted(out), dtype=np.int64)
+
+    def split(self, ds: ImageDataset, seed: int = 0) -> Split:
+        if ds.multilabel:
+            raise InputError(f"protocol argument classes is for single-label data; {ds.name} is multi-label")
+        kept = self.resolve(ds)
+        rows = np.flatnonzero(np.isin(ds.labels, kept))
+        relabel = np.full(ds.n_classes, -1, dtype=np.int64)
+        relabel[kept] = np.arange(len(kept))
+        view = ImageDataset(
+            images=np.broadcast_to(np.zeros((1, 1, 1, 1), np.uint8), (len(rows), 1, 1, 1)),  # protocols read labels
+            labels=relabel[np.asarray(ds.labels)[rows]],
+            ids=np.asarray(ds.ids)[rows],
+            class_names=[ds.class_names[c] for c in kept],
+            official_split=None if ds.official_split is None else np.asarray(ds.official_split)[rows],
+            name=ds.name,
+        )
+        inner = self.inner.split(view, seed=seed)
+        return self._make(ds, seed, *(rows[getattr(inner, k)] for k in SPLIT_PARTS))
 
 
 def get_protocol(name: str, **params: Any) -> Protocol:
@@ -551,9 +601,13 @@ def get_protocol(name: str, **params: Any) -> Protocol:
     """
     factory = PROTOCOLS.get(name)
     valid = protocol_params(name)
+    classes = params.pop("classes", None)
+    if classes is not None:
+        return ClassSubset(get_protocol(name, **params), classes)
     unknown = [k for k in params if k not in valid]
     if unknown:
-        takes = f"its parameters are {', '.join(valid)}" if valid else "it takes no parameters"
+        takes = (f"its parameters are {', '.join(valid)}" if valid else "it takes no parameters") \
+            + " (and classes, as every protocol)"
         raise InputError(f"protocol {name!r} has no parameter {', '.join(map(repr, unknown))}; {takes}")
     try:
         return factory(**params)

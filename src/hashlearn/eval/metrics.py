@@ -286,6 +286,37 @@ def precision_at_n(query_codes, db_codes, query_labels, db_labels, n=(100, 1000)
     return res.curve_n, res.precision_at_n, res.recall_at_n
 
 
+def evaluate_per_class(query_codes, db_codes, query_labels, db_labels, n=(10,), topk=("all",), ties="expected",
+                       bits=None, class_names=None) -> list[dict]:
+    """The evaluator on each class's queries: one row per class that has queries, ``{"class",
+    "queries", "P@<n>" for each n, "mAP@<R>" for each R}`` (class ids ``(n,)``: the queries of that
+    class; multi-hot ``(n, C)``: the queries carrying label ``c``). Every figure is
+    :func:`evaluate` run on that class's queries against the whole database, so a small class's
+    precision is not averaged away by the large ones."""
+    q_lab = np.asarray(query_labels)
+    n_values = [int(v) for v in np.atleast_1d(n)]
+    if q_lab.ndim == 1:
+        classes = [int(c) for c in np.unique(q_lab)]
+        members = {c: np.flatnonzero(q_lab == c) for c in classes}
+    else:
+        classes = [c for c in range(q_lab.shape[1]) if (q_lab[:, c] > 0).any()]
+        members = {c: np.flatnonzero(q_lab[:, c] > 0) for c in classes}
+    q_codes = np.asarray(query_codes)
+    rows = []
+    for c in classes:
+        idx = members[c]
+        res = evaluate(q_codes[idx], db_codes, q_lab[idx], db_labels, topk=topk, ties=ties, bits=bits,
+                       graded=False, curve_n=n_values)
+        name = class_names[c] if class_names is not None else c
+        row = {"class": name, "queries": int(len(idx))}
+        for value, precision in zip(res.curve_n.tolist(), res.precision_at_n.tolist(), strict=True):
+            if value in n_values:
+                row[f"P@{value}"] = float(precision)
+        row.update({f"mAP@{t}": float(v) for t, v in res.map.items()})
+        rows.append(row)
+    return rows
+
+
 def precision_recall_curve(query_codes, db_codes, query_labels, db_labels, bits=None):
     """Mean precision and recall within Hamming radius r for r = 0..bits: ``(radii, precision, recall)``."""
     res = evaluate(query_codes, db_codes, query_labels, db_labels, topk=("all",), bits=bits, graded=False)

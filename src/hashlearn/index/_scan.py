@@ -14,6 +14,10 @@ Layout and conventions shared by every kernel here:
   blocks of about ``DB_BLOCK_BYTES``, so each database block is read from memory (and
   transposed) once per query block and then served from L1 to every query of the block.
   Query blocks are spread over the threads (``numba.prange``).
+* calls of fewer queries than threads, or of 1-2 queries (what a service sees), neither block
+  queries nor transpose: :func:`knn_scan_split` splits the database into one slice per thread,
+  scans each with a scalar loop unrolled for 1-2 words, and merges the slices' ``k`` best by
+  (distance, position) (:func:`count_split` likewise counts for range counts).
 * distances are small integers (``0..bits``), so selection is a counting sort: each query keeps a
   histogram of its candidates' distances and a threshold ``tau`` (accept ``d < tau``) that only
   shrinks; when its buffer fills, it is compacted to the ``k`` best in (distance, position) order.
@@ -148,6 +152,104 @@ def sort_run(out_d, out_p, a, b, bits):
         out_p[a + r] = tmp_p[i]
 
 
+MIN_SPLIT_CODES = 1 << 16  # a database split between threads for fewer queries than threads
+
+
+def split_parts(nq: int, n: int) -> int:
+    """Slices to split the database into (0: don't), for ``nq`` queries over ``n`` codes: one per thread
+    when there are fewer queries than threads (query blocks would leave threads idle: a single query
+    runs on one), else one for fewer than ``MIN_VECTOR_QUERIES`` queries (the split kernel's scalar loop
+    is specialised for 1-2 words, which the general scalar kernel is not)."""
+    threads = max(1, numba.get_num_threads())
+    if nq <= 0:
+        return 0
+    if nq < threads and n >= MIN_SPLIT_CODES:
+        return threads
+    return 1 if nq < MIN_VECTOR_QUERIES else 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _dist_fixed(qw, qi, dw, j, nw):
+    """``_dist`` with the word count known to the caller's loop (1 and 2 words unrolled)."""
+    if nw == 1:
+        return np.int64(popcount64(qw[qi, 0] ^ dw[j, 0]))
+    if nw == 2:
+        return np.int64(popcount64(qw[qi, 0] ^ dw[j, 0]) + popcount64(qw[qi, 1] ^ dw[j, 1]))
+    return _dist(qw, qi, dw, j)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def knn_scan_split(qw, dw, k, bits, parts):
+    """Exact kNN of a few queries with the database split into ``parts`` slices scanned in parallel
+    (scalar kernel); each slice's ``k`` best are merged by (distance, position)."""
+    nq = qw.shape[0]
+    n = dw.shape[0]
+    nd = bits + 1
+    limit = k + max(k, 256)
+    cap = limit + 1
+    part_d = np.full((parts, nq, k), -1, dtype=np.int32)
+    part_p = np.full((parts, nq, k), -1, dtype=np.int64)
+    for p in numba.prange(parts):
+        j0 = p * n // parts
+        j1 = (p + 1) * n // parts
+        buf_d = np.empty((nq, cap), dtype=np.int32)
+        buf_p = np.empty((nq, cap), dtype=np.int64)
+        count = np.zeros(nq, dtype=np.int64)
+        tau = np.full(nq, nd, dtype=np.int64)
+        hist = np.zeros((nq, nd), dtype=np.int64)
+        nw = dw.shape[1]
+        for qi in range(nq):
+            t = tau[qi]
+            if nw == 1:
+                q0 = qw[qi, 0]
+                for j in range(j0, j1):
+                    d = np.int64(popcount64(q0 ^ dw[j, 0]))
+                    if d < t:
+                        t = _push(buf_d, buf_p, count, hist, tau, qi, d, j, k, limit)
+            else:
+                for j in range(j0, j1):
+                    d = _dist_fixed(qw, qi, dw, j, nw)
+                    if d < t:
+                        t = _push(buf_d, buf_p, count, hist, tau, qi, d, j, k, limit)
+            _select(buf_d[qi], buf_p[qi], count[qi], hist[qi], k, part_d[p, qi], part_p[p, qi])
+    out_d = np.full((nq, k), -1, dtype=np.int32)
+    out_p = np.full((nq, k), -1, dtype=np.int64)
+    keys = np.empty(parts * k, dtype=np.int64)
+    for qi in range(nq):
+        m = 0
+        for p in range(parts):
+            for i in range(k):
+                if part_p[p, qi, i] >= 0:
+                    keys[m] = np.int64(part_d[p, qi, i]) * n + part_p[p, qi, i]
+                    m += 1
+        order = np.argsort(keys[:m])
+        for i in range(min(k, m)):
+            key = keys[order[i]]
+            out_d[qi, i] = key // n
+            out_p[qi, i] = key % n
+    return out_d, out_p
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def count_split(qw, dw, radius, parts):
+    """How many codes lie within ``radius`` of each of a few queries, the database split into ``parts``
+    slices counted in parallel."""
+    nq = qw.shape[0]
+    n = dw.shape[0]
+    counts = np.zeros((parts, nq), dtype=np.int64)
+    for p in numba.prange(parts):
+        j0 = p * n // parts
+        j1 = (p + 1) * n // parts
+        nw = dw.shape[1]
+        for qi in range(nq):
+            c = 0
+            for j in range(j0, j1):
+                if _dist_fixed(qw, qi, dw, j, nw) <= radius:
+                    c += 1
+            counts[p, qi] = c
+    return counts.sum(axis=0)
+
+
 def knn_scan(qw: np.ndarray, dw: np.ndarray, k: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact kNN by linear scan: ``(dist int32 (nq, k), positions int64 (nq, k))``.
 
@@ -155,6 +257,9 @@ def knn_scan(qw: np.ndarray, dw: np.ndarray, k: int, bits: int) -> tuple[np.ndar
     """
     from hashlearn.index._scan_kernels import KNN, knn_scan_n
 
+    parts = split_parts(qw.shape[0], dw.shape[0])
+    if parts and 0 < k <= dw.shape[0]:
+        return knn_scan_split(np.ascontiguousarray(qw), np.ascontiguousarray(dw), int(k), int(bits), parts)
     qb = query_block(qw.shape[0], int(k))
     # the vector kernels transpose each database block once per query block: worth it from
     # ~3 queries per block (measured); fewer (single queries) scan the rows directly
@@ -169,6 +274,9 @@ def range_count(qw: np.ndarray, dw: np.ndarray, radius: int, bits: int) -> np.nd
 
     q = np.ascontiguousarray(qw)
     dw = np.ascontiguousarray(dw)
+    parts = split_parts(q.shape[0], dw.shape[0])
+    if parts:
+        return np.asarray(count_split(q, dw, int(radius), parts), dtype=np.int64)
     qb = query_block(q.shape[0], 0)
     kernel = RANGE.get(dw.shape[1], range_scan_n) if qb >= MIN_VECTOR_QUERIES else range_scan_n
     lims = np.zeros(q.shape[0] + 1, dtype=np.int64)

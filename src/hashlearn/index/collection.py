@@ -890,6 +890,13 @@ class Collection:
         return self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     @_guarded
+    def data_version(self) -> int:
+        """A number that changes when *another* connection (process) commits a change (SQLite's
+        ``PRAGMA data_version``; this object's own writes leave it as it is): how a long-lived reader
+        such as ``hashlearn serve`` learns, in microseconds, that its in-memory copy is stale."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    @_guarded
     def read(self, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(packed codes, ids)`` of every live code, in increasing id order.
 

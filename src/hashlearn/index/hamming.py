@@ -37,6 +37,15 @@ VERIFY_NS = 16.6
 MIN_MIH_N = 16384  # below this, the scan takes ~50 us a query and MIH's tables are not worth building
 SAMPLE = 16384  # database codes sampled to estimate, per query, the k-th distance and MIH's work
 SAMPLE_QUERIES = 8
+# ``auto`` in a search decides once per index state (its sampled estimate costs ~1 ms at 10M codes, more
+# than an MIH answer): the choice is kept per k (or radius) and made again when the number of codes has
+# changed by more than REDECIDE_N_CHANGE since, or when the k-th distances the searches find drift from
+# the one the choice assumed (a moving average, weight DRIFT_WEIGHT per search, off by more than
+# max(DRIFT_MIN_BITS, DRIFT_FRACTION x assumed)): the query distribution changed.
+REDECIDE_N_CHANGE = 0.1
+DRIFT_WEIGHT = 0.2
+DRIFT_MIN_BITS = 2.0
+DRIFT_FRACTION = 0.25
 
 
 def _binom_cdf(bits: int) -> np.ndarray:
@@ -119,8 +128,11 @@ class HammingIndex:
     """Exact Hamming-space index over binary codes (8 to 1024 bits).
 
     ``method``: ``"flat"`` (blocked linear scan), ``"mih"`` (multi-index hashing, ``m``
-    substrings, ``reorder`` to decorrelate them) or ``"auto"`` (picks per search from ``n``,
-    ``bits`` and ``k`` with :func:`estimate_costs`). Every method returns the same results.
+    substrings, ``reorder`` to decorrelate them) or ``"auto"`` (picks from ``n``, ``bits``, ``k`` and a
+    sample of the queries with :func:`estimate_costs`, once per ``k`` or radius: the choice is kept
+    until the number of codes changes by more than 10 % or the k-th distances that searches find
+    drift from the estimate; :attr:`auto_decisions` counts the estimates). Every method returns the
+    same results.
 
     Results are exact and deterministic: each row is ordered by (distance, id). When ``k``
     exceeds the number of codes, rows are padded with distance ``-1`` and id ``-1`` (as FAISS).
@@ -138,6 +150,8 @@ class HammingIndex:
         self._ids = np.zeros(0, dtype=np.int64)
         self._mih = None
         self.last_method: str | None = None
+        self._decisions: dict = {}  # ("knn", k) or ("range", radius) -> what auto decided, and when
+        self.auto_decisions = 0  # how many times a search's auto choice was (re)estimated
 
     # -- contents -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -156,6 +170,18 @@ class HammingIndex:
         """Packed ``uint8`` codes in id order."""
         nbytes = (self.bits + 7) // 8
         return np.ascontiguousarray(np.ascontiguousarray(self._words).view(np.uint8)[:, :nbytes])
+
+    def codes_of(self, ids) -> np.ndarray:
+        """Packed ``uint8`` codes of the given ids, in their order (:class:`NotFoundError` naming the
+        first id that is not in the index); costs O(len(ids) log n), not a copy of the index."""
+        ids = check_ids(ids if isinstance(ids, (list, tuple)) else np.asarray(ids).ravel(), unique=False)
+        pos = np.searchsorted(self._ids, ids)
+        found = (pos < len(self._ids)) & (self._ids[np.minimum(pos, max(len(self._ids) - 1, 0))] == ids) \
+            if len(self._ids) else np.zeros(len(ids), dtype=bool)
+        if not found.all():
+            raise NotFoundError(f"id {int(ids[~found][0])} is not in the index")
+        nbytes = (self.bits + 7) // 8
+        return np.ascontiguousarray(np.ascontiguousarray(self._words[pos]).view(np.uint8)[:, :nbytes])
 
     def _to_words(self, codes, name: str) -> np.ndarray:
         from hashlearn.codes import as_packed
@@ -217,6 +243,7 @@ class HammingIndex:
         self._words = np.zeros((0, self.nwords), dtype=np.uint64)
         self._ids = np.zeros(0, dtype=np.int64)
         self._mih = None
+        self._decisions = {}
 
     # -- search -------------------------------------------------------------------------------
     def choose_method(self, k: int | None = None, radius: int | None = None, queries=None) -> str:
@@ -291,6 +318,37 @@ class HammingIndex:
             "candidates": cands,
         }
 
+    def _auto(self, key: tuple, qw: np.ndarray, k: int | None = None, radius: int | None = None) -> str:
+        """The method a search uses: the index's own method, or ``auto``'s choice for ``key``, estimated
+        from these queries only when there is no valid earlier choice (see ``REDECIDE_N_CHANGE``)."""
+        if self.method != "auto":
+            return self.method
+        n = len(self)
+        if n < MIN_MIH_N:
+            return "flat"
+        kept = self._decisions.get(key)
+        if kept is not None and abs(n - kept["n"]) <= REDECIDE_N_CHANGE * kept["n"]:
+            return kept["method"]
+        costs = self.estimate_costs(k=k, radius=radius, queries=qw)
+        self.auto_decisions += 1
+        tau = float(costs.get("expected_kth_distance", -1))
+        self._decisions[key] = {"method": pick_method(costs), "n": n, "tau": tau, "seen": tau}
+        return self._decisions[key]["method"]
+
+    def _observe_kth(self, key: tuple, dist: np.ndarray) -> None:
+        """After a kNN search: fold its k-th distances into the moving average; forget the choice for
+        ``key`` when that average has drifted from the distance the choice assumed."""
+        kept = self._decisions.get(key)
+        if kept is None or dist.size == 0 or kept["tau"] < 0:
+            return
+        last = dist[:, -1]
+        last = last[last >= 0]
+        if last.size == 0:
+            return
+        kept["seen"] += DRIFT_WEIGHT * (float(np.median(last)) - kept["seen"])
+        if abs(kept["seen"] - kept["tau"]) > max(DRIFT_MIN_BITS, DRIFT_FRACTION * kept["tau"]):
+            del self._decisions[key]
+
     def mih_tables(self):
         from hashlearn.index.mih import MIHTables
 
@@ -312,13 +370,14 @@ class HammingIndex:
         if k == 0 or nq == 0 or len(self) == 0:
             self.last_method = self.choose_method(k=k)
             return np.full((nq, k), -1, dtype=np.int32), np.full((nq, k), -1, dtype=np.int64)
-        method = self.choose_method(k=k, queries=qw)
+        method = self._auto(("knn", k), qw, k=k)
         self.last_method = method
         words = np.ascontiguousarray(self._words)
         if method == "mih":
             dist, pos = self.mih_tables().knn(qw, words, k)
         else:
             dist, pos = knn_scan(qw, words, k, self.bits)
+        self._observe_kth(("knn", k), dist)
         ids = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
         return dist, ids
 
@@ -336,7 +395,7 @@ class HammingIndex:
         nq = len(qw)
         if nq == 0 or len(self) == 0:
             return np.zeros(nq + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
-        method = self.choose_method(radius=radius, queries=qw)
+        method = self._auto(("range", min(radius, self.bits)), qw, radius=radius)
         self.last_method = method
         words = np.ascontiguousarray(self._words)
         if method == "mih":
@@ -368,7 +427,7 @@ class HammingIndex:
         for r in np.unique(radii[(radii >= 0) & (radii < self.bits)]):
             sel = np.flatnonzero(radii == r)
             q = np.ascontiguousarray(qw[sel])
-            method = self.choose_method(radius=int(r), queries=q)
+            method = self._auto(("range", int(r)), q, radius=int(r))
             self.last_method = method
             if method == "mih":
                 counts[sel] = self.mih_tables().count(q, words, int(r))

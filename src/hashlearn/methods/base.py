@@ -51,11 +51,12 @@ from hashlearn.errors import InputError
 class Batch:
     """One mini-batch as a method sees it.
 
-    ``labels`` are int64 class ids ``(B,)`` or multi-hot ``(B, C)``; ``index`` holds the
-    batch's positions in the training set (for methods that keep per-sample state).
+    ``labels`` are int64 class ids ``(B,)`` or multi-hot ``(B, C)`` — None for a label-free
+    method (``Method.supervised = False``); ``index`` holds the batch's positions in the training
+    set (for methods that keep per-sample state).
     """
 
-    labels: Tensor
+    labels: Tensor | None
     index: Tensor
     inputs: Any = None
 
@@ -95,30 +96,41 @@ def pairwise_likelihood_loss(
     focal_gamma: float = 0.0,
     balance: bool = False,
     mask: Tensor | None = None,
+    scale: float = 0.5,
 ) -> Tensor:
     """Mean DPSH negative log-likelihood over the pairs (spec §8):
-    ``ℓ_ij = log(1 + e^{Θ_ij}) − s_ij Θ_ij`` with ``Θ_ij = ½ u_i^T u_j``.
+    ``ℓ_ij = log(1 + e^{Θ_ij}) − s_ij Θ_ij`` with ``Θ_ij = scale · u_i^T u_j`` (DPSH: ½;
+    HashNet/DHN call it α). ``s`` may be soft (in [0, 1]): the cross-entropy of σ(Θ) to ``s``.
 
     ``focal_gamma > 0`` gives the focal form ``−(1 − p_t)^γ log p_t`` with ``p = σ(Θ)``
     (spec §7). ``balance`` weights similar and dissimilar pairs so each class of pair
     contributes half the loss (HashNet-style ``w_ij``). ``mask`` (0/1 or bool) drops pairs,
     e.g. ``i = j``.
     """
-    theta = 0.5 * (u_a @ u_b.T)
+    theta = scale * (u_a @ u_b.T)
     # −log p_t for p = σ(Θ): softplus(Θ) − sΘ, numerically stable for large |Θ|
     nll = F.softplus(theta) - s * theta
     if focal_gamma > 0:
         p = torch.sigmoid(theta)
         p_t = torch.where(s > 0, p, 1 - p)
         nll = (1 - p_t).pow(focal_gamma) * nll
-    weights = torch.ones_like(nll) if mask is None else mask.to(nll.dtype)
+    return pair_mean(nll, s, mask, balance)
+
+
+def pair_mean(values: Tensor, s: Tensor, mask: Tensor | None = None, balance: bool = False) -> Tensor:
+    """The mean of a pair loss ``values`` ``(B, M)`` over the pairs ``mask`` keeps (all when None).
+
+    ``balance``: HashNet's weights ``w_ij = |S|/|S_1|`` for similar pairs (``s > 0``) and
+    ``|S|/|S_0|`` for dissimilar ones (Cao et al., ICCV 2017, Eq. 4; DCH reuses them), divided by
+    ``2|S|`` — each kind of pair then weighs half: ``½ mean_{S_1} + ½ mean_{S_0}``."""
+    weights = torch.ones_like(values) if mask is None else mask.to(values.dtype)
     if balance:
-        pos = (s > 0).to(nll.dtype) * weights
-        neg = (s <= 0).to(nll.dtype) * weights
+        pos = (s > 0).to(values.dtype) * weights
+        neg = (s <= 0).to(values.dtype) * weights
         n_pos, n_neg = pos.sum().clamp(min=1), neg.sum().clamp(min=1)
         weights = pos * (0.5 / n_pos) + neg * (0.5 / n_neg)
-        return (weights * nll).sum()
-    return (weights * nll).sum() / weights.sum().clamp(min=1)
+        return (weights * values).sum()
+    return (weights * values).sum() / weights.sum().clamp(min=1)
 
 
 def quantization_loss(u: Tensor) -> Tensor:
@@ -207,6 +219,13 @@ class Method:
     #: part or conv scale heads), so a frozen backbone gives it cached maps at its taps instead of
     #: pooled vectors. False: pooled vectors are enough when the backbone is frozen.
     spatial = False
+    #: True: the method learns the database codes itself (ADSH's ``V``, :meth:`database_codes`), so
+    #: ``eval.retrieval: asymmetric`` can rank the database by them
+    learns_database_codes = False
+    #: False: a label-free method (DSAH, BCDH, the unsupervised baselines); the trainer passes its
+    #: loss ``Batch.labels = None`` and its hooks ``TrainState.train_labels = None`` (labels are then
+    #: read only to validate, i.e. select the epoch, and to evaluate)
+    supervised = True
 
     def __init__(self, bits: int):
         self.bits = check_int(self.name, "bits", bits, minimum=1)
@@ -249,6 +268,17 @@ class Method:
 
     def on_epoch_end(self, state: Any) -> None:
         pass
+
+    def epoch_images(self, state: Any) -> Tensor | None:
+        """The training images (indices) this epoch's steps run over, asked right after
+        :meth:`on_epoch_start`; None (default): all of them. ADSH returns its sampled subset Ω; the
+        trainer shuffles it with the epoch's seed (the same order on every rank)."""
+        return None
+
+    def database_codes(self) -> Tensor | None:
+        """±1 codes ``(N, bits)`` the method learned for the N training images (row i = training
+        image i, the trainer's order), for asymmetric retrieval; None (default): none."""
+        return None
 
     def update_memories(self, index: Tensor, codes: Tensor, labels: Tensor,
                         gather: Callable[[Tensor], Tensor] | None = None) -> None:

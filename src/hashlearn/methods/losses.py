@@ -27,16 +27,19 @@ class PairwiseLikelihood:
 
     ``focal_gamma`` > 0: the focal form ``−(1 − p_t)^γ log p_t``, ``p = σ(Θ)`` (spec §7);
     ``balance``: similar and dissimilar pairs each weigh half (HashNet's ``w_ij``).
+    ``scale``: ``Θ_ij = scale · u_i^T u_j`` (DPSH ½; HashNet's and DHN's α).
     ``miner=None`` uses every valid pair (dense, no index tensors);
     ``miner=AllPairsMiner()`` gives the same value through indices.
     """
 
-    def __init__(self, focal_gamma: float = 0.0, balance: bool = False, miner: Miner | None = None):
+    def __init__(self, focal_gamma: float = 0.0, balance: bool = False, miner: Miner | None = None,
+                 scale: float = 0.5):
         if focal_gamma < 0:
             raise InputError(f"focal_gamma must be >= 0, got {focal_gamma!r}")
         self.focal_gamma = float(focal_gamma)
         self.balance = bool(balance)
         self.miner = miner
+        self.scale = float(scale)
 
     def __call__(self, codes: Tensor, labels: Tensor, reference: Reference | None = None) -> Tensor:
         ref = reference if reference is not None else batch_reference(codes, labels)
@@ -47,7 +50,7 @@ class PairwiseLikelihood:
             mined = torch.zeros_like(s, dtype=torch.bool)
             mined[i, j] = True
             mask = mined if mask is None else mined & mask
-        return pairwise_likelihood_loss(codes, ref.codes, s, self.focal_gamma, self.balance, mask)
+        return pairwise_likelihood_loss(codes, ref.codes, s, self.focal_gamma, self.balance, mask, self.scale)
 
 
 class TripletLikelihood:

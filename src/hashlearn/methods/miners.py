@@ -104,3 +104,100 @@ class SemiHardMiner(Miner):
         closest = torch.where(semi_hard, d_an, torch.full_like(d_an, torch.finfo(d.dtype).max)).argmin(dim=1)
         keep = semi_hard.any(dim=1)
         return a[keep], p[keep], closest[keep]
+
+
+class RandomTripletMiner(Miner):
+    """Per anchor, ``per_anchor`` triplets ``(a, p, n)``, each with a positive drawn uniformly among
+    the anchor's positives and a negative drawn uniformly among its negatives (ATH's online
+    triplets, spec §2: "for each anchor, a random positive of the same class and a negative of
+    another class"). Anchors without a positive or a negative are left out.
+
+    The draws use ``generator`` (a CPU ``torch.Generator``) when it is set, else torch's global
+    generator. A method sets it per batch with :func:`batch_generator`, so the triplets are a
+    function of the batch (and of the trainer's per-epoch seed): a resumed run, or the same loss
+    evaluated twice, draws the same ones."""
+
+    def __init__(self, per_anchor: int = 1):
+        if isinstance(per_anchor, bool) or not isinstance(per_anchor, int) or per_anchor < 1:
+            raise InputError(f"random triplet miner: per_anchor must be an integer >= 1, got {per_anchor!r}")
+        self.per_anchor = per_anchor
+        self.generator: torch.Generator | None = None
+
+    def mine(self, codes, ref_codes, pos, neg):
+        keep = pos.any(dim=1) & neg.any(dim=1)
+        anchors = keep.nonzero(as_tuple=True)[0]
+        if len(anchors) == 0:
+            empty = anchors.new_zeros(0)
+            return empty, empty, empty
+        k = self.per_anchor
+        g = self.generator
+        p = torch.multinomial(pos[anchors].float().cpu(), k, replacement=True, generator=g).reshape(-1)
+        n = torch.multinomial(neg[anchors].float().cpu(), k, replacement=True, generator=g).reshape(-1)
+        return anchors.repeat_interleave(k), p.to(anchors.device), n.to(anchors.device)
+
+
+def batch_generator(index: Tensor) -> torch.Generator:
+    """A CPU generator seeded by torch's current seed (the trainer reseeds it every epoch from
+    ``(seed, epoch)``) and the batch's training-set indices."""
+    import hashlib
+
+    digest = hashlib.sha256(index.detach().cpu().to(torch.int64).numpy().tobytes()).digest()
+    seed = (torch.initial_seed() * 1_000_003 + int.from_bytes(digest[:8], "little")) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+#: the triplet miners a method's ``triplets`` setting names
+TRIPLET_MINERS = {"random": RandomTripletMiner, "all": AllTripletsMiner, "batch_hard": BatchHardMiner,
+                  "semi_hard": SemiHardMiner}
+
+
+def triplet_miner(name: str, who: str = "method", **args) -> Miner:
+    """The triplet miner called ``name`` (:data:`TRIPLET_MINERS`); ``args`` go to its constructor."""
+    if name not in TRIPLET_MINERS:
+        raise InputError(f"{who}: triplets must be one of {', '.join(map(repr, TRIPLET_MINERS))}, got {name!r}")
+    return TRIPLET_MINERS[name](**args)
+
+
+def graded_relevance(labels_a: Tensor, labels_b: Tensor) -> Tensor:
+    """Multilevel relevance (spec §0, §5) as float ``(len(a), len(b))``: ``r_ij = y_i^T y_j``, the
+    number of shared labels, for multi-hot labels; ``r_ij = 1[y_i = y_j]`` for class ids."""
+    if labels_a.dim() == 1 and labels_b.dim() == 1:
+        return (labels_a[:, None] == labels_b[None, :]).float()
+    if labels_a.dim() == 2 and labels_b.dim() == 2:
+        return labels_a.float() @ labels_b.float().T
+    raise InputError("labels must both be class ids (N,) or both multi-hot (N, C)")
+
+
+class GradedTripletMiner(Miner):
+    """Every triple ``(q, i, j)`` with graded relevance ``r_qi > r_qj`` (:func:`graded_relevance`),
+    ``i`` and ``j`` valid for ``q`` (in the batch: ``i, j ≠ q``): DSRH's triples, mined online with
+    every image a query (Zhao et al., CVPR 2015; spec §5). ``j`` may share labels with ``q`` (fewer
+    than ``i``), so this differs from :class:`AllTripletsMiner` (negatives share none) on multi-hot
+    labels; on class ids it gives the same triplets. Returns ``(q, i, j)``, ``q`` indexing the batch
+    and ``i, j`` the reference, ordered by ``q``, then ``i``, then ``j``.
+
+    Cost: a ``(B, M, M)`` mask, fine for a batch (128³ ≈ 2 M entries), not for a whole training set.
+    """
+
+    def __call__(self, codes: Tensor, labels: Tensor, ref_codes: Tensor | None = None,
+                 ref_labels: Tensor | None = None, valid: Tensor | None = None) -> tuple[Tensor, ...]:
+        q, i, j = self.mask(labels, ref_labels if ref_codes is not None else None, valid,
+                            batch=ref_codes is None).nonzero(as_tuple=True)
+        return q, i, j
+
+    def mask(self, labels: Tensor, ref_labels: Tensor | None = None, valid: Tensor | None = None,
+             batch: bool = True) -> Tensor:
+        """The triples as a dense ``(B, M, M)`` bool mask ``[q, i, j]`` (what a loss that sums over
+        all of them uses directly: no index tensors). ``batch``: the batch against itself."""
+        with torch.no_grad():
+            if batch:
+                ref_labels = labels
+                if valid is None:
+                    valid = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+            elif ref_labels is None:
+                raise InputError("a miner's reference needs its labels (ref_labels)")
+            r = graded_relevance(labels, ref_labels.to(labels.device))
+            if valid is None:
+                valid = torch.ones_like(r, dtype=torch.bool)
+            valid = valid.to(r.device)
+            return (r[:, :, None] > r[:, None, :]) & valid[:, :, None] & valid[:, None, :]

@@ -61,6 +61,26 @@ def _pca(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return vectors * signs, values
 
 
+def itq_rotation(V: np.ndarray, n_iter: int, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """ITQ's rotation of projected data ``V`` (n, b) (Gong & Lazebnik, CVPR 2011, Eq. 2): from a
+    random orthogonal ``R``, ``n_iter`` rounds of ``B = sgn(VR)`` then orthogonal Procrustes.
+    Returns ``R`` and ``‖sgn(VR) − VR‖_F²`` before each round and after the last (non-increasing)."""
+    bits = V.shape[1]
+    rng = np.random.default_rng(random_state)
+    R, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
+    losses = []
+    for _ in range(n_iter):
+        VR = V @ R
+        B = np.where(VR >= 0, 1.0, -1.0)
+        losses.append(float(((B - VR) ** 2).sum()))
+        # Procrustes: B^T V = S Ω Ŝ^T  →  R = Ŝ S^T
+        S, _, St_hat = np.linalg.svd(B.T @ V)
+        R = St_hat.T @ S.T
+    VR = V @ R
+    losses.append(float(((np.where(VR >= 0, 1.0, -1.0) - VR) ** 2).sum()))
+    return R, np.asarray(losses)
+
+
 class ShallowHasher:
     """Shared validation and the fit/encode protocol of the shallow methods."""
 
@@ -265,21 +285,7 @@ class ITQ(ShallowHasher):
         if not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 0:
             raise InputError(f"ITQ: n_iter must be a non-negative integer, got {self.n_iter!r}")
         self.components_, self.explained_variance_ = _pca(Xc, self.bits)
-        V = Xc @ self.components_
-        rng = np.random.default_rng(self.random_state)
-        R, _ = np.linalg.qr(rng.standard_normal((self.bits, self.bits)))
-        losses = []
-        for _ in range(self.n_iter):
-            VR = V @ R
-            B = np.where(VR >= 0, 1.0, -1.0)
-            losses.append(float(((B - VR) ** 2).sum()))
-            # Procrustes: B^T V = S Ω Ŝ^T  →  R = Ŝ S^T
-            S, _, St_hat = np.linalg.svd(B.T @ V)
-            R = St_hat.T @ S.T
-        VR = V @ R
-        losses.append(float(((np.where(VR >= 0, 1.0, -1.0) - VR) ** 2).sum()))
-        self.rotation_ = R
-        self.quantization_loss_ = np.asarray(losses)
+        self.rotation_, self.quantization_loss_ = itq_rotation(Xc @ self.components_, self.n_iter, self.random_state)
 
     def _project(self, Xc: np.ndarray) -> np.ndarray:
         return Xc @ self.components_ @ self.rotation_

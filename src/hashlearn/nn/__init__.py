@@ -55,6 +55,7 @@ CPU compromise: the CIFAR-10 cache used by the experiments is EfficientNet-Lite0
 """
 
 from hashlearn.nn.activations import ActivationCache, activation_nbytes, activation_shape, extract_activations
+from hashlearn.nn.attention import SpatialAttention
 from hashlearn.nn.backbones import (
     BACKBONES,
     IMAGENET_MEAN,
@@ -66,6 +67,7 @@ from hashlearn.nn.backbones import (
     efficientnet_lite_weights_path,
 )
 from hashlearn.nn.features import cached_feature_sets, dataset_fingerprint, default_cache_dir, extract_features
+from hashlearn.nn.vlad import VLAD, kmeans
 
 __all__ = [
     "BACKBONES",
@@ -84,4 +86,7 @@ __all__ = [
     "ActivationCache",
     "activation_nbytes",
     "activation_shape",
+    "SpatialAttention",
+    "VLAD",
+    "kmeans",
 ]

@@ -130,6 +130,10 @@ def register(sub) -> None:
     d.add_argument("--seed", type=_int_arg(0, 2**32 - 1), default=0)
     d.set_defaults(func=cmd_demo)
 
+    from hashlearn.train import attention_map  # the `attention` command (standard library at import)
+
+    attention_map.register(sub)
+
 
 def _config_from_args(args):
     from hashlearn.train.config import load_config

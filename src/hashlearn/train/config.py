@@ -201,6 +201,9 @@ class TrainSettings:
     threads: int | None = setting(None, _int(1, 4096, none=True), "torch CPU threads (null: torch default)")
     progress: bool = setting(True, _bool, "progress output (bars only on a terminal; one line per epoch)")
     feature_batch_size: int = setting(256, _int(1), "batch size for encoding and feature/activation extraction")
+    sampler: str = setting("auto", _choice("auto", "random", "class_balanced"),
+                           "batch order: random | class_balanced (every class in every batch, small classes "
+                           "oversampled) | auto (the method's preference, else random)")
 
 
 @dataclass
@@ -226,8 +229,13 @@ class AugmentSettings:
 @dataclass
 class EvalSettings:
     topk: list = setting([1000, "all"], _topk_list, "")
+    graded_topk: list = setting([100], _topk_list, "multi-hot labels: these R too (NDCG/ACG/weighted mAP@R, mAP@R)")
     radius: int = setting(2, _int(0), "")
     ties: str = setting("expected", _choice("expected", "index"), "expected | index")
+    retrieval: str = setting("auto", _choice("auto", "symmetric", "asymmetric"),
+                             "auto | symmetric | asymmetric: database codes from the network (symmetric) or, for "
+                             "the training images, the codes the method learned (ADSH/ExchNet V); auto = asymmetric "
+                             "for methods that learn database codes, else symmetric")
 
 
 @dataclass

@@ -130,6 +130,17 @@ def check_plan(config: RunConfig, method, backbone) -> None:
         raise InputError("give frozen (--frozen) or finetune_from (--finetune-from TAP), not both: frozen trains "
                          "nothing in the backbone, finetune_from trains the part above TAP")
     taps = list(backbone.taps)
+    inserted = getattr(method, "inserts_at", None)  # a head module run inside the backbone, after this tap
+    if inserted is not None:
+        if inserted not in backbone.cut_taps:
+            raise InputError(f"{method.name}: cannot insert after {inserted!r}: not a feature map of {backbone.name} "
+                             f"(one of {', '.join(backbone.cut_taps)})")
+        if config.frozen:
+            raise InputError(f"{method.name}: a frozen backbone cannot run a module inserted after {inserted!r}; "
+                             f"fine-tune from it (--finetune-from {inserted}) or train end to end")
+        if config.finetune_from and config.finetune_from != inserted:
+            raise InputError(f"{method.name}: the module is inserted after {inserted!r} but the cut is at "
+                             f"{config.finetune_from!r}; fine-tuning needs them equal (--finetune-from {inserted})")
     if config.finetune_from:
         backbone.check_cut(config.finetune_from, taps)
     elif config.frozen and wants_maps(method):
@@ -291,6 +302,11 @@ class Hasher:
     def fit(self, job: FitJob) -> Hasher:
         raise NotImplementedError
 
+    def learned_database_codes(self) -> np.ndarray | None:
+        """±1 ``int8`` codes ``(n_train, bits)`` the method learned for the training images (ADSH's
+        ``V``; row i = training image i), or None for a method that learns none."""
+        return None
+
     def part_signs(self, name: str) -> np.ndarray:
         """±1 codes of the fitted split part ``name`` (``query``, ``database``, …), from what
         training used (cached features or maps where there are some)."""
@@ -342,6 +358,11 @@ class DeepHasher(Hasher):
             self._write_run(run_dir)
         trainer = Trainer(self.deep_method, self.model, self.config, run_dir, train=self._feeds["train"],
                           val=self._feeds["val"], evaluator=job.evaluator)
+        from hashlearn.train.run import IndexedImages
+
+        # the training images themselves, for methods that make more inputs of them (BCDH's synthetic views)
+        trainer.train_images = IndexedImages(job.dataset.images, job.parts["train"])
+        trainer.train_images_name = f"{getattr(job.dataset, 'name', 'dataset')}-train"
         result = trainer.fit(resume=job.resume)
         self._trainer = trainer
         self.run_dir = run_dir
@@ -368,6 +389,12 @@ class DeepHasher(Hasher):
         from hashlearn.codes import sign
 
         return sign(self._trainer.forward_all(self._feeds[name]).numpy())
+
+    def learned_database_codes(self) -> np.ndarray | None:
+        from hashlearn.codes import sign
+
+        learned = getattr(self.deep_method, "database_codes", lambda: None)()
+        return None if learned is None else sign(learned.float().cpu().numpy())
 
 
 def _val_history(run_dir: Path) -> list[dict]:
@@ -494,6 +521,9 @@ def check_before_work(config: RunConfig) -> None:
     built for this; it only needs the tap names)."""
     cls, kind = method_kind(config.method)
     bits = config.bits[0]
+    if config.eval.retrieval == "asymmetric" and not getattr(cls, "learns_database_codes", False):
+        raise InputError(f"eval.retrieval: asymmetric needs a method that learns the database codes (adsh, exchnet); "
+                         f"{config.method} does not (use symmetric or auto)")
     if kind == "shallow":
         build_method(cls, bits, shallow_args(cls, config))
         return

@@ -202,6 +202,8 @@ def _train(config: RunConfig, dataset, split, out, resume: bool, evaluator, prog
     if kind == "deep" and len(parts["val"]) == 0:
         _say("note: the protocol has no validation split; the last epoch is kept (no model selection)", progress)
     channels, side = int(dataset.images.shape[-1]), int(dataset.images.shape[1])
+    if kind == "deep":
+        _fill_classes(config, dataset)
     results = []
     for bits in config.bits:
         run_cfg = config.copy(bits=[bits])
@@ -221,7 +223,18 @@ def _train(config: RunConfig, dataset, split, out, resume: bool, evaluator, prog
                 "bits": bits, "seed": seed, "sizes": {k: int(len(v)) for k, v in parts.items()},
                 "data_limit": limit, "run_dir": str(run_dir), "fingerprint": hasher.fingerprint}
         codes = {name: hasher.part_signs(name) for name in ("query", "database")}
-        metrics = _final_eval(run_cfg, info, codes, dataset, parts, run_dir, hasher.fingerprint)
+        symmetric = None
+        retrieval, learned = run_cfg.eval.retrieval, hasher.learned_database_codes()
+        if retrieval == "auto":
+            retrieval = "asymmetric" if learned is not None else "symmetric"
+        info["retrieval"] = retrieval
+        if retrieval == "asymmetric":
+            if learned is None:
+                raise InputError(f"eval.retrieval: asymmetric, but {config.method} learned no database codes")
+            symmetric = codes["database"]
+            codes["database"], covered = asymmetric_database(symmetric, parts["database"], parts["train"], learned)
+            info["database_learned_codes"] = covered
+        metrics = _final_eval(run_cfg, info, codes, dataset, parts, run_dir, hasher.fingerprint, symmetric)
         results.append(metrics)
         _say(f"{bits} bits: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in metrics if k.startswith("mAP@"))
              + f", chance {metrics['chance_mAP@all']:.4f} ({run_dir})", progress)
@@ -233,6 +246,20 @@ def _train(config: RunConfig, dataset, split, out, resume: bool, evaluator, prog
     write_text_atomic(out_root / "summary.json", json.dumps(
         [{k: v for k, v in r.items() if k != "curves"} for r in results], indent=2, default=_default))
     return results
+
+
+def _fill_classes(config: RunConfig, dataset) -> None:
+    """A deep method whose constructor takes ``classes`` (a class head, e.g. ATH's) and was not given
+    it gets the dataset's number of classes in ``method_args``; ``config.yaml`` records it, so
+    ``load_run`` builds the same head."""
+    import inspect
+
+    from hashlearn.train.model import method_kind
+
+    cls, _ = method_kind(config.method)
+    if "classes" in inspect.signature(cls).parameters and (config.method_args or {}).get("classes") is None:
+        n = getattr(dataset, "n_classes", None) or len(dataset.class_names)
+        config.method_args = {**(config.method_args or {}), "classes": int(n)}
 
 
 def _jsonable(x: Any) -> Any:
@@ -247,7 +274,31 @@ def _default(o: Any) -> Any:
     return str(o)
 
 
-def _final_eval(cfg: RunConfig, info: dict, codes: dict, dataset, parts, run_dir: Path, fingerprint: str) -> dict:
+def asymmetric_database(db_signs: np.ndarray, db_index: np.ndarray, train_index: np.ndarray,
+                        learned: np.ndarray) -> tuple[np.ndarray, int]:
+    """The database codes of asymmetric retrieval and how many came from ``learned``.
+
+    ``learned`` holds the codes a method learned for the training images (ADSH/ExchNet ``V``;
+    row i = ``train_index[i]``); a database image that is a training image gets its learned code,
+    every other one keeps its network code from ``db_signs`` (rows = ``db_index``). In cifar10-1
+    the 5,000 training images lie in the 59,000-image database: 4,500 (``train``) get V, the rest
+    (``val`` and the images never trained on) are coded by the network."""
+    train_index, db_index = np.asarray(train_index), np.asarray(db_index)
+    if len(learned) != len(train_index):
+        raise InputError(f"the method learned {len(learned)} database codes for {len(train_index)} training images")
+    row = {int(d): i for i, d in enumerate(train_index)}
+    out = np.array(db_signs, copy=True)
+    covered = 0
+    for j, d in enumerate(db_index):
+        i = row.get(int(d))
+        if i is not None:
+            out[j] = learned[i]
+            covered += 1
+    return out, covered
+
+
+def _final_eval(cfg: RunConfig, info: dict, codes: dict, dataset, parts, run_dir: Path, fingerprint: str,
+                symmetric_database: np.ndarray | None = None) -> dict:
     from hashlearn.codes import pack_bits
     from hashlearn.eval import chance_map, evaluate, plot_curves
     from hashlearn.train.encode import save_run_codes
@@ -257,9 +308,16 @@ def _final_eval(cfg: RunConfig, info: dict, codes: dict, dataset, parts, run_dir
         ids = np.asarray(dataset.ids)[parts[name]]
         save_run_codes(run_dir / f"{name}_codes.npz", pack_bits(codes[name]), bits, ids, fingerprint)
     q_labels, db_labels = np.asarray(dataset.labels[parts["query"]]), np.asarray(dataset.labels[parts["database"]])
-    result = evaluate(codes["query"], codes["database"], q_labels, db_labels, topk=tuple(cfg.eval.topk),
+    topk = list(cfg.eval.topk)
+    if q_labels.ndim == 2:  # multi-hot: the graded metrics' R too (NDCG@100, ACG@100 in the DSRH papers)
+        topk = sorted(dict.fromkeys([*topk, *cfg.eval.graded_topk]), key=lambda t: (t == "all", 0 if t == "all" else t))
+    result = evaluate(codes["query"], codes["database"], q_labels, db_labels, topk=tuple(topk),
                       radius=cfg.eval.radius, ties=cfg.eval.ties)
     metrics = {**info, **result.to_dict(curves=True)}
+    if symmetric_database is not None:  # asymmetric retrieval: the symmetric figures (database re-encoded) too
+        sym = evaluate(codes["query"], symmetric_database, q_labels, db_labels, topk=tuple(topk),
+                       radius=cfg.eval.radius, ties=cfg.eval.ties).to_dict(curves=False)
+        metrics["symmetric"] = {k: v for k, v in sym.items() if k.startswith(("mAP@", "P@"))}
     metrics["chance_mAP@all"] = chance_map(q_labels, db_labels)
     metrics["tie_rule"] = metrics.get("ties")
     metrics = _jsonable(metrics)

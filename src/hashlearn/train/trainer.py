@@ -103,6 +103,30 @@ class HashModel(nn.Module):
             backbone.freeze_below(cut)
 
     def forward(self, x, at: str | None = None) -> MethodOutput:
+        inserted = getattr(self.head, "insert_at", None)
+        if inserted is not None and not isinstance(x, dict):
+            return self._forward_inserted(x, at, inserted)
+        return self.head(self.head_inputs(x, at))
+
+    def _forward_inserted(self, x, at: str | None, tap: str) -> MethodOutput:
+        """A head whose ``insert_at`` names a tap T (ATH's attention inserted into the backbone): the
+        map at T (images → ``forward_to``; a cached map at the cut T as it is) goes through
+        ``head.attention`` → ``(map, attention)``, the rest of the backbone runs on the result
+        (``forward_from``), then the head; its output carries ``extras["attention"]``.
+        (``check_plan`` refuses a frozen backbone and a cut other than T before any work.)"""
+        if at is None:
+            x = self.backbone.forward_to(tap, x)
+        elif at != tap:
+            raise InputError(f"the head's module is inserted after {tap!r}, but the cached maps are at {at!r}")
+        x, attention = self.head.attention(x)
+        feats = self.backbone.forward_from(tap, x)
+        out = self.head({t: feats[t] for t in self.taps})
+        out.extras["attention"] = attention
+        return out
+
+    def head_inputs(self, x, at: str | None = None) -> dict[str, torch.Tensor]:
+        """What the head reads, ``{tap: tensor}``, for the inputs ``x`` (images, a map at ``at``
+        or cached tap features)."""
         if at is not None:
             feats = self.backbone.forward_from(at, x)
         elif isinstance(x, dict):
@@ -116,7 +140,7 @@ class HashModel(nn.Module):
                 feats = self.backbone(x)
             if self.pooled:
                 feats = {t: pool(feats[t]) for t in self.taps}
-        return self.head({t: feats[t] for t in self.taps})
+        return {t: feats[t] for t in self.taps}
 
     def train(self, mode: bool = True) -> HashModel:
         super().train(mode)
@@ -184,7 +208,8 @@ def augment(x: torch.Tensor, hflip: bool, padding: int, generator: torch.Generat
 
 @dataclass
 class TrainState:
-    """What hooks see. ``method_state`` is the method's own tensors (checkpointed)."""
+    """What hooks see. ``method_state`` is the method's own tensors (checkpointed).
+    ``train_labels`` is None for a label-free method (``Method.supervised = False``)."""
 
     trainer: Trainer
     epoch: int = 0
@@ -198,6 +223,22 @@ class TrainState:
     def encode_train(self) -> torch.Tensor:
         """Relaxed codes ``u`` of the whole training set (eval mode), ``(N, bits)``."""
         return self.trainer.forward_all(self.trainer.train)
+
+    def forward(self, inputs) -> MethodOutput:
+        """The model on ``inputs`` of the training feed's kind (images, maps at the cut, or cached
+        tap features), in its current mode and with gradients — e.g. a second image of a pair."""
+        return self.trainer.net(_to(inputs, self.trainer.device), at=self.trainer.train.at)
+
+    @property
+    def head(self) -> nn.Module:
+        """The method's head (what its ``build_head`` built), e.g. to initialise it from data."""
+        return self.trainer.model.head
+
+    def head_inputs(self, limit: int | None = None, seed: int = 0):
+        """What the head reads, ``{tap: tensor}``, batch by batch, for ``limit`` training images (a
+        sample seeded by ``seed``; all of them when None), in eval mode and without gradients —
+        e.g. the local descriptors a NetVLAD layer is k-means initialised from."""
+        return self.trainer.head_inputs(self.trainer.train, limit, seed)
 
 
 @dataclass
@@ -252,11 +293,32 @@ class Trainer:
         self.taps = list(model.taps)
         self.train = train
         self.train_labels = torch.as_tensor(np.asarray(train.labels))
+        #: the training images (uint8, indexable) when the caller knows them (``DeepHasher.fit`` sets
+        #: them): what a method makes more inputs of (BCDH's synthetic views); None otherwise
+        self.train_images = None
+        self.train_images_name = "train"
         self.val = val if val is not None and len(val) > 0 else None
         if len(self.train_labels) < 2:
             raise InputError("training split has fewer than 2 images")
         self.optimizer = self._optimizer()
-        self.state = TrainState(trainer=self, train_labels=self.train_labels)
+        from hashlearn.train.sampler import check_class_balanced, resolve_sampler
+
+        #: the batch order (train.sampler; "auto" → the method's preference)
+        self.sampler = resolve_sampler(self.tc.sampler, method, self.train_labels.numpy(), int(self.tc.batch_size),
+                                       self.world)
+        if self.sampler == "class_balanced":
+            check_class_balanced(self.train_labels.numpy(), int(self.tc.batch_size), self.world)
+        elif self.tc.sampler == "auto" and getattr(method, "sampler", "random") == "class_balanced":
+            self._say(f"note: train.sampler auto: a batch of {self.tc.batch_size} cannot hold every class; "
+                      f"random batches instead (raise train.batch_size for class-balanced ones)")
+        #: False for a label-free method (``method.supervised = False``): its loss gets
+        #: ``Batch.labels = None`` and its hooks ``TrainState.train_labels = None``; labels still
+        #: serve validation (model selection) only
+        self.supervised = bool(getattr(method, "supervised", True))
+        if not self.supervised and self.sampler == "class_balanced":
+            raise InputError(f"train.sampler class_balanced reads the labels, but {method.name} is label-free; "
+                             f"use train.sampler random")
+        self.state = TrainState(trainer=self, train_labels=self.train_labels if self.supervised else None)
         self.net: nn.Module = self.model  # what the training step calls (DDP-wrapped when data-parallel)
         if self.world > 1:
             bs = int(self.tc.batch_size)
@@ -322,6 +384,24 @@ class Trainer:
             raise InputError(f"training diverged: the network's codes are not finite (epoch {self.state.epoch}); "
                              f"lower optim.lr (now {self.config.optim.lr})")
         return u
+
+    def head_inputs(self, feed: Feed, limit: int | None = None, seed: int = 0):
+        """:meth:`HashModel.head_inputs` of ``limit`` items of ``feed`` (a seeded sample; all when
+        None), batch by batch, in eval mode without gradients (see :meth:`TrainState.head_inputs`)."""
+        n = len(feed)
+        rows = np.arange(n)
+        if limit is not None and limit < n:
+            rows = np.sort(np.random.default_rng(seed).choice(n, int(limit), replace=False))
+        bs = int(self.tc.feature_batch_size)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(rows), bs):
+                    x = self._inputs(feed, rows[start:start + bs], train=False)
+                    yield self.model.head_inputs(x, at=feed.at)
+        finally:
+            self.model.train(was_training)
 
     # --- checkpoints --------------------------------------------------------------------
     @property
@@ -433,10 +513,21 @@ class Trainer:
             order = torch.randperm(n, generator=gen).numpy()
             n_batches = n // batch_size if n >= batch_size else 1  # drop the last partial batch
             shard = batch_size // self.world  # this rank's slice of each global batch
+            if self.sampler == "class_balanced":  # every class in every (per-rank) batch
+                from hashlearn.train.sampler import class_balanced_order
+
+                order = class_balanced_order(self.train_labels.numpy(), n_batches, batch_size,
+                                             self.seed * 1_000_003 + epoch, self.world)
             offset = distributed.rank() * shard
             if self.world > 1:
                 gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_009 + distributed.rank())
             self.method.on_epoch_start(self.state)
+            subset = getattr(self.method, "epoch_images", lambda state: None)(self.state)
+            if subset is not None:  # the method's images for this epoch (ADSH's Ω), in a seeded order
+                subset = torch.as_tensor(subset).cpu().long().numpy()
+                pick = torch.Generator().manual_seed(self.seed * 1_000_033 + epoch)
+                order = subset[torch.randperm(len(subset), generator=pick).numpy()]
+                n_batches = len(order) // batch_size if len(order) >= batch_size else 1
             self._set_lr(epoch)
             lrs = [g["lr"] for g in self.optimizer.param_groups]
             self.model.train()
@@ -449,7 +540,7 @@ class Trainer:
                 else:
                     idx = order[b * batch_size:(b + 1) * batch_size]
                 x = self._inputs(self.train, idx, train=True, generator=gen)
-                labels = self.train_labels[idx].to(self.device)
+                labels = self.train_labels[idx].to(self.device) if self.supervised else None
                 batch = Batch(labels=labels, index=torch.as_tensor(idx), inputs=x)
                 out = self.net(x, at=self.train.at)
                 parts = self.method.loss(out, batch)
