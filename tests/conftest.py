@@ -70,3 +70,15 @@ def reevaluated_map(run_dir, dataset) -> float:
     ql = dataset.labels[[where[str(i)] for i in q.ids]]
     dl = dataset.labels[[where[str(i)] for i in d.ids]]
     return float(evaluate(q.packed, d.packed, ql, dl, bits=q.bits)["mAP@all"])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is faster, and fair to the other processes on a shared CPU
+    (a module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

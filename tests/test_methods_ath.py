@@ -23,13 +23,7 @@ from hashlearn.train.sampler import check_class_balanced, class_balanced_order, 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_tiny import tiny_config, tiny_dataset, tiny_split  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- the attention layer ------------------------------------------------------------------------------------

@@ -25,13 +25,7 @@ from hashlearn.train.run import asymmetric_database, train
 from hashlearn.train.runfolder import load_checkpoint
 from test_train_tiny import tiny_config, tiny_dataset, tiny_split
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_problem(seed: int, n: int = 12, k: int = 6, m: int = 5, classes: int = 3, kind: str = "signed"):

@@ -7,14 +7,7 @@ from hashlearn.errors import InputError
 from hashlearn.methods import get_method, load_all
 from hashlearn.methods.base import Batch, pairwise_likelihood_loss, quantization_loss, similarity, total_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and fair to the other processes on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_batch(n=16, classes=4, seed=0):

@@ -27,13 +27,7 @@ BITS = 12  # not a multiple of 8: the packed codes have a padded byte
 N, CLASSES = 16, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and fair to the other processes on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_the_registry_holds_the_known_methods():

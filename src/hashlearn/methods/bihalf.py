@@ -14,15 +14,12 @@ pretrained features (:class:`~hashlearn.methods.label_free.FeatureStore`), ``u =
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hashlearn.methods import register_method
-from hashlearn.methods.base import Batch, Method, MethodOutput, check_choice, check_number
-from hashlearn.methods.greedyhash_u import PAIRS, cosine_preserving_loss
-from hashlearn.methods.label_free import FeatureStore, PooledHead
+from hashlearn.methods.base import check_number
+from hashlearn.methods.label_free import CosinePreservingMethod
 
 
 class _BiHalf(torch.autograd.Function):
@@ -54,34 +51,14 @@ def bihalf(u: Tensor, gamma: float = 3.0) -> Tensor:
     paper="Li, van Gemert. Deep Unsupervised Image Hashing by Maximizing Bit Entropy. AAAI 2021",
     kind="deep",
 )
-class BiHalf(Method):
+class BiHalf(CosinePreservingMethod):
     """Label-free: bi-half layer (half +1 per bit in a batch), cosine similarity of pretrained features preserved."""
 
     name = "bihalf"
-    supervised = False
 
     def __init__(self, bits: int, gamma: float = 3.0, pairs: str = "halves"):
-        super().__init__(bits)
+        super().__init__(bits, pairs)
         self.gamma = check_number(self.name, "gamma", gamma, minimum=0)
-        self.pairs = check_choice(self.name, "pairs", pairs, PAIRS)
-        self._store = FeatureStore()
 
-    def build_head(self, tap_channels: dict[str, int], pooled: bool) -> nn.Module:
-        (tap,) = tap_channels
-        return PooledHead(tap, tap_channels[tap], self.bits)
-
-    def on_train_start(self, state: Any) -> None:
-        self._store.fill(state, "pool")
-
-    def loss(self, out: MethodOutput, batch: Batch) -> dict[str, Tensor]:
-        b = bihalf(out.codes, self.gamma)
-        return {"similarity": cosine_preserving_loss(b, self._store.batch(batch.index, out), self.pairs)}
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {f"features.{k}": v for k, v in self._store.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        unknown = set(state) - {"features.features"}
-        if unknown:
-            raise KeyError(f"method state {sorted(unknown)[0]!r} belongs to no part of Bi-half")
-        self._store.load_state_dict({k.partition(".")[2]: v for k, v in state.items()})
+    def binary(self, h: Tensor) -> Tensor:
+        return bihalf(h, self.gamma)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hashlearn.methods.base import MethodOutput, pool
+from hashlearn.methods.base import Batch, Method, MethodOutput, check_choice, pool
 
 
 def pretrained_features(state: Any, tap: str) -> Tensor | None:
@@ -96,3 +96,59 @@ def cosine_matrix(x: Tensor) -> Tensor:
     """``cos(x_i, x_j)`` for the rows of ``x``, ``(B, B)``."""
     xn = F.normalize(x, dim=1, eps=1e-12)
     return xn @ xn.T
+
+
+#: pairs of :func:`cosine_preserving_loss`
+PAIRS = ("halves", "all")
+
+
+def cosine_preserving_loss(b: Tensor, x: Tensor, pairs: str = "halves") -> Tensor:
+    """``mean (cos(b_i, b_j) − cos(x_i, x_j))²`` over the halves' pairs or every ``i ≠ j``."""
+    if pairs == "halves" and len(b) >= 2:
+        half = len(b) // 2
+        cb = F.cosine_similarity(b[:half], b[half:2 * half], dim=1)
+        cx = F.cosine_similarity(x[:half], x[half:2 * half], dim=1)
+        return (cb - cx).pow(2).mean()
+    off = ~torch.eye(len(b), dtype=torch.bool, device=b.device)
+    return (cosine_matrix(b) - cosine_matrix(x)).pow(2)[off].mean()
+
+
+class CosinePreservingMethod(Method):
+    """A label-free method whose codes keep the cosine similarities of the pretrained pooled features
+    (GreedyHash-U, Bi-half): a linear head on the pooled tap, the features read at train start and
+    checkpointed (:class:`FeatureStore`). A subclass sets how a batch's relaxed codes become the
+    codes compared (:meth:`binary`) and may add loss parts (:meth:`extra_parts`)."""
+
+    supervised = False
+
+    def __init__(self, bits: int, pairs: str = "halves"):
+        super().__init__(bits)
+        self.pairs = check_choice(self.name, "pairs", pairs, PAIRS)
+        self._store = FeatureStore()
+
+    def build_head(self, tap_channels: dict[str, int], pooled: bool) -> nn.Module:
+        (tap,) = tap_channels
+        return PooledHead(tap, tap_channels[tap], self.bits)
+
+    def on_train_start(self, state: Any) -> None:
+        self._store.fill(state, "pool")
+
+    def binary(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def extra_parts(self, h: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def loss(self, out: MethodOutput, batch: Batch) -> dict[str, Tensor]:
+        h = out.codes
+        similarity = cosine_preserving_loss(self.binary(h), self._store.batch(batch.index, out), self.pairs)
+        return {"similarity": similarity, **self.extra_parts(h)}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {f"features.{k}": v for k, v in self._store.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        unknown = set(state) - {"features.features"}
+        if unknown:
+            raise KeyError(f"method state {sorted(unknown)[0]!r} belongs to no part of {self.name}")
+        self._store.load_state_dict({k.partition(".")[2]: v for k, v in state.items()})
