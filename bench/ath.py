@@ -54,7 +54,13 @@ SETS = {
                    "--image-size", "96", "--seed", "0", "--finetune-from", "stage5", "--set", "train.threads=2"],
         "baselines": {"dpsh": "DPSH as published (pairs against U of all training images), one linear layer; "
                               "run by bench/finetune_cifar10.py",
-                      "dmsh": "DMSH, conv scale heads on stage5/stage7/head maps; run by bench/finetune_cifar10.py"},
+                      "dpsh-batch": "DPSH with the pairs of the batch, one linear layer; run by "
+                                    "bench/finetune_cifar10.py",
+                      "dpsh-mlp": "DPSH with the pairs of the batch and DMSH's MLP scale head; run by "
+                                  "bench/finetune_cifar10.py",
+                      "dmsh": "DMSH, conv scale heads on stage5/stage7/head maps; run by bench/finetune_cifar10.py",
+                      "dmsh-mlp": "DMSH, MLP scale heads on the pooled stage5/stage7/head taps; run by "
+                                  "bench/finetune_cifar10.py"},
     },
     "brain-mri": {
         "name": "brain-mri-ath",
@@ -228,7 +234,7 @@ def _compare(rows: list[dict]) -> list[str]:
     if ath is None:
         return ["ATH has not finished here, so the claim is not tested yet."]
     out = []
-    for base in ("dtsh", "dpsh", "dmsh", "ath-triplet-only", "ath-ce-only"):
+    for base in ("dtsh", "dpsh", "dpsh-batch", "dpsh-mlp", "dmsh", "dmsh-mlp", "ath-triplet-only", "ath-ce-only"):
         if base in by:
             a, b = ath["mAP@all"], by[base]["mAP@all"]
             out.append(f"* ATH mAP@all {a:.4f} vs {base} {b:.4f}: ATH {'beats' if a > b else 'does NOT beat'} {base}")
