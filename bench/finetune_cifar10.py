@@ -65,7 +65,11 @@ VARIANTS = {
                  "MLP scale heads on the pooled taps above the cut"),
     "dmsh-30ep": ("dmsh", lambda cut: [f"method_args.taps={dmsh_taps(cut)}", "method_args.deep_supervision=0.3"],
                   30, "the spec's conv scale heads, a 30-epoch schedule"),
+    "csq": ("csq", lambda cut: [], None, "the zoo's CSQ (hash centres), for reference: the best method measured on "
+                                         "this cut and schedule"),
 }
+#: variants whose runs live elsewhere (made by another bench script)
+FOLDERS = {"csq": lambda cut: RUNS / "zoo" / f"cifar10-1-ft-{cut}-csq"}
 METHODS = {"dpsh": VARIANTS["dpsh"][1], "dmsh": VARIANTS["dmsh"][1]}  # the cut probes use TUNE_METHOD's
 
 
@@ -95,7 +99,7 @@ def chosen_cut() -> str:
 
 
 def run_dir(method: str, cut: str) -> Path:
-    return RUNS / f"cifar10-1-ft-{cut}-{method}"
+    return FOLDERS[method](cut) if method in FOLDERS else RUNS / f"cifar10-1-ft-{cut}-{method}"
 
 
 def run_cmds(cut: str, epochs: int, bits: str = BITS, only=None) -> list[tuple[str, list[str]]]:
@@ -247,12 +251,12 @@ def report(epochs: int) -> None:
                  f"activations (cut chosen on validation among {', '.join(sorted(CUTS))}: {cut}); cut probes "
                  f"{TUNE_EPOCHS} epochs, `run` step {epochs} epochs",
         command="python bench/finetune_cifar10.py report",
-        machine=machine_line("2–4 (`dpsh`, `dmsh`, cut probes) and 5–25 (`dpsh-batch`, `dpsh-mlp`, `dmsh-mlp`)"
+        machine=machine_line("2–4 (`dpsh`, `dmsh`, cut probes) and 5–25 (`dpsh-batch`, `dpsh-mlp`, `dmsh-mlp`, `csq`)"
                              ).removeprefix("Machine: "),
         rows=rows + [dict(r, cut="frozen") for r in frozen],
         notes=[
             f"goal mAP@all ≥ 0.70 at 48 bits: {goal}",
-            "`dpsh-batch`, `dpsh-mlp` and `dmsh-mlp` ran beside other training jobs, with `train.threads=1` (a "
+            "`dpsh-batch`, `dpsh-mlp`, `dmsh-mlp` and `csq` ran beside other training jobs, with `train.threads=1` (a "
             "setting that changes no weight): their train s and img/s are not comparable with the other rows'",
             f"training: Adam, heads lr {LR}, layers above the cut at lr/10, cosine schedule, batch 64, hflip through "
             "the cached mirrored maps, model chosen by validation mAP",
