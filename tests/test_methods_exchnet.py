@@ -296,7 +296,7 @@ def test_two_processes_fill_u_from_both_ranks(tmp_path):
     args += ["--set", "method_args={num_samples: 90, inner_epochs: 2}"]
     out = tmp_path / "two"
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-          "--master-port", str(_free_port()), "-m", "hashlearn", *args, "--out", str(out)], tmp_path)
+          "--master-port", str(_free_port()), "-m", "hashlearn", *args, "--out", str(out)], tmp_path, out=out)
     state = torch.load(out / "16bits/checkpoint.pt", weights_only=True)["method_state"]
     stepped = (90 // 30) * 30  # global batches of 30 over Ω: every sampled image, both epochs
     assert len(state["database.omega"]) == 90

@@ -13,6 +13,7 @@ Measured (batch 30): validation mAP 1 process 0.1173 / 0.1173 (epochs 1, 2) vs 2
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,11 +38,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str], tmp_path) -> None:
+#: a rank's C++ abort inside gloo's threads, seen once in ~10 runs on a loaded 2-core machine (no Python
+#: traceback; the other rank is then stopped by the launcher)
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def _run(cmd: list[str], tmp_path, out=None) -> None:
+    """Run ``cmd``; a data-parallel launch (``out`` given) whose rank died of :data:`GLOO_ABORT` is run
+    once more from an empty ``out`` — any other failure, or the abort twice, fails the test."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HASHLEARN_CACHE": str(tmp_path / "cache"),
            "MASTER_ADDR": "127.0.0.1"}
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if out is not None and proc.returncode != 0 and GLOO_ABORT in proc.stderr:
+        shutil.rmtree(out, ignore_errors=True)
+        port = cmd.index("--master-port") + 1
+        cmd = [*cmd[:port], str(_free_port()), *cmd[port + 1:]]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -49,7 +62,7 @@ def test_two_processes_match_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "hashlearn", *ARGS, "--out", str(one)], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-          "--master-port", str(_free_port()), "-m", "hashlearn", *ARGS, "--out", str(two)], tmp_path)
+          "--master-port", str(_free_port()), "-m", "hashlearn", *ARGS, "--out", str(two)], tmp_path, out=two)
     logs = {}
     for name, out in (("one", one), ("two", two)):
         assert sorted(p.name for p in out.iterdir()) == ["16bits", "summary.json", "summary.md"]  # one run folder
@@ -76,3 +89,22 @@ def test_global_batch_must_divide(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "not divisible by the 2 processes" in proc.stderr
+
+
+def test_a_gloo_abort_is_run_once_more_and_twice_fails(tmp_path):
+    """The retry is for the one C++ abort only: once → run again (from an empty ``out``); twice → fail."""
+    once = tmp_path / "once.py"
+    once.write_text("import pathlib, sys\nm = pathlib.Path(sys.argv[0]).with_suffix('.ran')\n"
+                    f"if not m.exists():\n    m.touch()\n    sys.stderr.write({GLOO_ABORT!r})\n    sys.exit(134)\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    _run([sys.executable, str(once), "--master-port", "1"], tmp_path, out=out)
+    assert not out.exists()  # emptied before the second run
+    always = tmp_path / "always.py"
+    always.write_text(f"import sys\nsys.stderr.write({GLOO_ABORT!r})\nsys.exit(134)\n")
+    with pytest.raises(AssertionError, match="terminate called"):
+        _run([sys.executable, str(always), "--master-port", "1"], tmp_path, out=out)
+    other = tmp_path / "other.py"
+    other.write_text("import sys\nsys.stderr.write('mAP differs')\nsys.exit(1)\n")
+    with pytest.raises(AssertionError, match="mAP differs"):
+        _run([sys.executable, str(other), "--master-port", "1"], tmp_path, out=out)
