@@ -262,7 +262,7 @@ def report(epochs: int) -> None:
             "the cached mirrored maps, model chosen by validation mAP",
             *cache_lines([r for by in metrics.values() for r in by.values()] + [r for c in CUTS for r in probes[c]]),
             "frozen rows: from `cifar10-1-frozen-lite0.md` (earlier session, 40 epochs on pooled frozen features)",
-            "variants (column `variant`): " + "; ".join(f"`{v}`: {d[3]}" for v, d in VARIANTS.items()),
+            "variants (column `variant`): " + "; ".join(f"`{v}`: {d[3]}" for v, d in VARIANTS.items() if metrics[v]),
             "capacity: the `head_params` column counts each run's trainable head; `dpsh-mlp` has exactly the MLP "
             "of one DMSH scale (DMSH has three scales plus the fusion layer), `dpsh` and `dpsh-batch` one linear "
             "layer (1280 × bits); every run trains the same backbone layers above the cut",
