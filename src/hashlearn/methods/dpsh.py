@@ -64,12 +64,32 @@ class DPSHHead(nn.Module):
         return MethodOutput(codes=u)
 
 
+class PooledLinearHead:
+    """The head settings DPSH and DTSH share (one tap, pooled; ``head``: linear or DMSH's MLP), their
+    checks and the head they build; a method mixes it in before :class:`Method`."""
+
+    def set_head(self, activation: str, tap: str | None, head: str, mid_channels: int) -> None:
+        self.activation = check_choice(self.name, "activation", activation, ("none", "tanh"))
+        self.head = check_choice(self.name, "head", head, ("linear", "mlp"))
+        self.mid_channels = check_int(self.name, "mid_channels", mid_channels, minimum=1)
+        if tap is not None and (not isinstance(tap, str) or not tap):
+            raise InputError(f"{self.name}: tap must be a backbone tap name or null, got {tap!r}")
+        self.tap = tap
+
+    def taps(self, default_taps: list[str]) -> list[str]:
+        return [self.tap] if self.tap else ["pool"]
+
+    def build_head(self, tap_channels: dict[str, int], pooled: bool) -> nn.Module:
+        (tap,) = tap_channels
+        return DPSHHead(tap, tap_channels[tap], self.bits, self.activation, self.head, self.mid_channels)
+
+
 @register_method(
     "dpsh",
     paper="Li, Wang, Kang. Feature learning based deep supervised hashing with pairwise labels. IJCAI 2016",
     kind="deep",
 )
-class DPSH(PairwiseMethod):
+class DPSH(PooledLinearHead, PairwiseMethod):
     """Pairwise likelihood on inner products of relaxed codes + quantization (baseline)."""
 
     name = "dpsh"
@@ -78,20 +98,8 @@ class DPSH(PairwiseMethod):
                  activation: str = "none", tap: str | None = None, head: str = "linear", mid_channels: int = 256):
         super().__init__(bits, pairs=pairs, memory_size=memory_size)
         self.eta = check_number(self.name, "eta", eta, minimum=0)
-        self.activation = check_choice(self.name, "activation", activation, ("none", "tanh"))
-        self.head = check_choice(self.name, "head", head, ("linear", "mlp"))
-        self.mid_channels = check_int(self.name, "mid_channels", mid_channels, minimum=1)
-        if tap is not None and (not isinstance(tap, str) or not tap):
-            raise InputError(f"dpsh: tap must be a backbone tap name or null, got {tap!r}")
-        self.tap = tap
+        self.set_head(activation, tap, head, mid_channels)
         self._likelihood = PairwiseLikelihood()
-
-    def taps(self, default_taps: list[str]) -> list[str]:
-        return [self.tap] if self.tap else ["pool"]
-
-    def build_head(self, tap_channels: dict[str, int], pooled: bool) -> nn.Module:
-        (tap,) = tap_channels
-        return DPSHHead(tap, tap_channels[tap], self.bits, self.activation, self.head, self.mid_channels)
 
     def loss(self, out: MethodOutput, batch: Batch) -> dict[str, Tensor]:
         u = out.codes

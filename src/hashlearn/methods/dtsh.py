@@ -26,12 +26,12 @@ over triplets and code entries instead of sums).
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from hashlearn.errors import InputError
 from hashlearn.methods import register_method
 from hashlearn.methods.base import Batch, Method, MethodOutput, check_choice, check_int, check_number, quantization_loss
-from hashlearn.methods.dpsh import DPSHHead
+from hashlearn.methods.dpsh import PooledLinearHead
 from hashlearn.methods.losses import TripletLikelihood
 from hashlearn.methods.miners import TRIPLET_MINERS, RandomTripletMiner, batch_generator, triplet_miner
 
@@ -41,7 +41,7 @@ from hashlearn.methods.miners import TRIPLET_MINERS, RandomTripletMiner, batch_g
     paper="Wang, Shi, Kitani. Deep Supervised Hashing with Triplet Labels. ACCV 2016",
     kind="deep",
 )
-class DTSH(Method):
+class DTSH(PooledLinearHead, Method):
     """Triplet likelihood on inner products of relaxed codes + quantization (baseline)."""
 
     name = "dtsh"
@@ -59,22 +59,10 @@ class DTSH(Method):
         if self.per_anchor != 1 and self.triplets != "random":
             raise InputError(f"dtsh: per_anchor is the number of random triplets per anchor of triplets='random'; "
                              f"with triplets={self.triplets!r} leave it 1")
-        self.activation = check_choice(who, "activation", activation, ("none", "tanh"))
-        self.head = check_choice(who, "head", head, ("linear", "mlp"))
-        self.mid_channels = check_int(who, "mid_channels", mid_channels, minimum=1)
-        if tap is not None and (not isinstance(tap, str) or not tap):
-            raise InputError(f"dtsh: tap must be a backbone tap name or null, got {tap!r}")
-        self.tap = tap
+        self.set_head(activation, tap, head, mid_channels)
         args = {"per_anchor": self.per_anchor} if self.triplets == "random" else {}
         self._miner = triplet_miner(self.triplets, who, **args)
         self._likelihood = TripletLikelihood(self.margin, self._miner)
-
-    def taps(self, default_taps: list[str]) -> list[str]:
-        return [self.tap] if self.tap else ["pool"]
-
-    def build_head(self, tap_channels: dict[str, int], pooled: bool) -> nn.Module:
-        (tap,) = tap_channels
-        return DPSHHead(tap, tap_channels[tap], self.bits, self.activation, self.head, self.mid_channels)
 
     def loss(self, out: MethodOutput, batch: Batch) -> dict[str, Tensor]:
         u = out.codes

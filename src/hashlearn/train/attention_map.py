@@ -36,15 +36,11 @@ def cmd_attention(args) -> int:
 
 def check_attention_run(run) -> str:
     """The method name of the run folder ``run``; an :class:`InputError` when it has no attention map."""
-    from hashlearn.errors import InputError, NotFoundError
-    from hashlearn.train.model import method_kind
+    from hashlearn.errors import InputError
+    from hashlearn.train.model import existing_run_dir, method_kind
     from hashlearn.train.runfolder import read_run_config
 
-    run_dir = Path(run)
-    if not run_dir.exists():
-        raise NotFoundError(f"run folder not found: {run_dir}")
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a folder (expected a run folder such as runs/NAME/48bits)")
+    run_dir = existing_run_dir(run)
     config = read_run_config(run_dir)
     cls, kind = method_kind(config.method)
     if kind != "deep" or not getattr(cls, "attention_map", False):

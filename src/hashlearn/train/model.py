@@ -534,17 +534,23 @@ def check_before_work(config: RunConfig) -> None:
     check_plan(config, method, backbone)
 
 
+def existing_run_dir(path) -> Path:
+    """``path`` as a ``Path`` when it is a folder; a one-line error when it is missing or a file."""
+    run_dir = Path(path)
+    if not run_dir.exists():
+        raise NotFoundError(f"run folder not found: {run_dir}")
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a folder (expected a run folder such as runs/NAME/32bits)")
+    return run_dir
+
+
 def load_run(path: str | Path) -> Hasher:
     """The trained hasher of the run folder ``path`` (one code length, e.g. ``runs/x/32bits``).
 
     Every file is read as data (YAML ``safe_load``, JSON, ``weights_only`` checkpoints,
     ``allow_pickle=False`` arrays); a missing, damaged or foreign file is a one-line
     :class:`~hashlearn.errors.HashlearnError` naming it."""
-    run_dir = Path(path)
-    if not run_dir.exists():
-        raise NotFoundError(f"run folder not found: {run_dir}")
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a folder (expected a run folder such as runs/NAME/32bits)")
+    run_dir = existing_run_dir(path)
     info = read_run_info(run_dir)
     config = read_run_config(run_dir)
     hasher = _load_shallow(run_dir, config, info) if info["kind"] == "shallow" else _load_deep(run_dir, config, info)
