@@ -37,9 +37,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_cifar10 import DOCS, RUNS, cmd_text, machine_line, read_metrics, run, train_cmd  # noqa: E402
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-BITS = 48
+BITS = 48  # the code length of every variant; the main methods also run at each set's ``bits``
 EPOCHS = 15
 LR = "1e-3"
+#: the brain-MRI imbalanced runs: this class keeps 10 % of its training images (queries and database unchanged)
+MINORITY = "meningioma"
 
 #: what each experiment set is: its runs (variant → method, --set overrides, description) and how they train
 SETS = {
@@ -51,7 +53,9 @@ SETS = {
         "cut": "stage5",
         "folder": lambda v: RUNS / f"cifar10-1-ft-stage5-{v}",
         "common": ["--dataset", "cifar10", "--protocol", "cifar10-1", "--backbone", "efficientnet_lite0",
-                   "--image-size", "96", "--seed", "0", "--finetune-from", "stage5", "--set", "train.threads=2"],
+                   "--image-size", "96", "--seed", "0", "--finetune-from", "stage5", "--set", "train.threads=1"],
+        "bits": [48, 12, 24, 36],
+        "epochs": EPOCHS,
         "baselines": {"dpsh": "DPSH as published (pairs against U of all training images), one linear layer; "
                               "run by bench/finetune_cifar10.py",
                       "dpsh-batch": "DPSH with the pairs of the batch, one linear layer; run by "
@@ -71,7 +75,9 @@ SETS = {
         "folder": lambda v: RUNS / f"brain-mri-ft-stage5-{v}",
         "common": ["--dataset", "brain-mri", "--protocol", "official-split", "--backbone",
                    "efficientnet_lite0", "--image-size", "160", "--seed", "0", "--finetune-from", "stage5",
-                   "--set", "train.threads=2"],
+                   "--set", "train.threads=1"],  # two runs at once on the 2 cores (--jobs 2)
+        "bits": [48, 12, 24, 36],
+        "epochs": 10,
         "baselines": {},
     },
 }
@@ -83,19 +89,56 @@ VARIANTS = {
     "ath-triplet-only": ("ath", ["method_args.attention_at=stage5", "method_args.mu=0"],
                          "ablation: ATH without the cross-entropy (mu=0)"),
     "ath-ce-only": ("ath", ["method_args.attention_at=stage5", "method_args.triplet_weight=0"],
-                    "ablation: ATH without the triplet term (triplet_weight=0)"),
+                    "ablation: ATH without the triplet term (triplet_weight=0); the class head reads the pooled "
+                    "feature (the spec's default), so only the |u|→1 term reaches the hash layer"),
+    "ath-ce-only-code": ("ath", ["method_args.attention_at=stage5", "method_args.triplet_weight=0",
+                                 "method_args.class_from=code"],
+                         "ablation: cross-entropy only, the class head reading the codes u (class_from=code: the "
+                         "spec's option), so the classification does train the codes"),
+    "ath-triplet-only-hamming": ("ath", ["method_args.attention_at=stage5", "method_args.mu=0",
+                                         "method_args.distance=hamming"],
+                                 "ablation: triplet only with the relaxed Hamming distance ½(k − u_a·u_b) (whose "
+                                 "gradient does not vanish when the codes coincide)"),
 }
-MRI_VARIANTS = {"dpsh": ("dpsh", [], "DPSH as published (pairs against U of all training images)")}
+_IMBALANCED = f"protocol_args={{train_class_fraction: {{{MINORITY}: 0.1}}}}"
+MRI_VARIANTS = {
+    "dpsh": ("dpsh", ["method_args.pairs=batch"],
+             "DPSH with the pairs of the batch (as published, against U of all training images, it stayed at chance "
+             "on cifar10-1), one linear layer"),
+    "dmsh": ("dmsh", ["method_args.taps=[stage5,stage7,head]", "method_args.deep_supervision=0.3"],
+             "DMSH, the spec's conv scale heads on the stage5/stage7/head maps"),
+    "ath-imbalanced": ("ath", ["method_args.attention_at=stage5", _IMBALANCED],
+                       f"ATH trained with {MINORITY} cut to 10 % of its training images"),
+    "dtsh-imbalanced": ("dtsh", [_IMBALANCED], f"DTSH trained with {MINORITY} cut to 10 % of its training images"),
+    "dpsh-imbalanced": ("dpsh", ["method_args.pairs=batch", _IMBALANCED],
+                        f"DPSH (pairs of the batch) trained with {MINORITY} cut to 10 % of its training images"),
+}
+#: the variants run at every code length of a set (the others at BITS only)
+ALL_BITS = ("ath", "dtsh", "dpsh", "dmsh")
 
 
 def variants(which: str) -> dict:
     return {**VARIANTS, **(MRI_VARIANTS if which == "brain-mri" else {})}
 
 
-def commands(which: str, only=None) -> list[tuple[str, list[str]]]:
+def variant_bits(which: str, v: str) -> list[int]:
+    return SETS[which]["bits"] if v in ALL_BITS else [BITS]
+
+
+def commands(which: str, only=None, skip_done: bool = False) -> list[tuple[str, list[str]]]:
+    """One ``hashlearn train`` per (variant, code length), BITS first (the comparisons all have it);
+    ``skip_done``: leave out the runs that have finished (their ``metrics.json`` exists)."""
     s = SETS[which]
-    return [(v, train_cmd(m, s["common"], BITS, s["folder"](v), epochs=EPOCHS, lr=LR, overrides=over))
-            for v, (m, over, _) in variants(which).items() if not only or v in only]
+    out = []
+    for bits in s["bits"]:
+        for v, (m, over, _) in variants(which).items():
+            if skip_done and (s["folder"](v) / f"{bits}bits" / "metrics.json").exists():
+                print(f"done already: {v} at {bits} bits ({s['folder'](v)})")
+                continue
+            if (not only or v in only) and bits in variant_bits(which, v):
+                out.append((v, train_cmd(m, s["common"], bits, s["folder"](v), epochs=s["epochs"], lr=LR,
+                                         overrides=over)))
+    return out
 
 
 def labels_by_id(dataset: str):
@@ -128,26 +171,33 @@ def report(which: str) -> None:
     s = SETS[which]
     ds, where = labels_by_id(s["dataset"])
     known = {**{v: d[2] for v, d in variants(which).items()}, **s["baselines"]}
-    rows, per_class, pending, curves = [], {}, [], []
-    for v in known:
-        folder = s["folder"](v)
-        finished = [m for m in read_metrics(folder) if m["bits"] == BITS]
-        if not finished:
-            if folder.exists():
-                logged = (folder / f"{BITS}bits" / "log.jsonl")
-                epochs = len(logged.read_text().splitlines()) if logged.exists() else 0
-                pending.append(f"`{v}`: still training when this file was generated ({epochs} of {EPOCHS} epochs "
-                               f"logged in {folder.relative_to(RUNS.parent)})")
-            continue
-        m = finished[0]
-        extra = code_metrics(Path(m["run_dir"]) if Path(m["run_dir"]).is_absolute()
-                             else RUNS.parent / m["run_dir"], ds, where)
-        rows.append(row_from_metrics(m, variant=v, cut=s["cut"], epochs=m.get("epochs_run"),
-                                     sampler=_sampler(m), **{"mAP@100": extra["mAP@100"], "P@10": extra["P@10"]}))
-        per_class[v] = extra["per_class"]
-        hist = m.get("val_history") or []
-        if hist:
-            curves.append(f"* {v}: " + ", ".join(f"e{h['epoch']} {h['val_mAP']:.3f}" for h in hist))
+    rows, per_class, pending, curves, missing = [], {}, [], [], []
+    for bits in sorted(s["bits"]):
+        for v in known:
+            if v in variants(which) and bits not in variant_bits(which, v):
+                continue  # (baselines run by another script: every code length of the set they have)
+            folder = s["folder"](v)
+            finished = [m for m in read_metrics(folder) if m["bits"] == bits]
+            if not finished:
+                logged = folder / f"{bits}bits" / "log.jsonl"
+                if not logged.exists():
+                    missing.append(f"{v} at {bits} bits")
+                else:
+                    epochs = len(logged.read_text().splitlines())
+                    pending.append(f"`{v}` at {bits} bits: still training when this file was generated ({epochs} of "
+                                   f"{s['epochs']} epochs logged in {folder.relative_to(RUNS.parent)})")
+                continue
+            m = finished[0]
+            extra = code_metrics(Path(m["run_dir"]) if Path(m["run_dir"]).is_absolute()
+                                 else RUNS.parent / m["run_dir"], ds, where)
+            rows.append(row_from_metrics(m, variant=v, cut=s["cut"], epochs=m.get("epochs_run"),
+                                         sampler=_sampler(m), **{"mAP@100": extra["mAP@100"], "P@10": extra["P@10"],
+                                                                 f"{MINORITY} P@10": _p10(extra, MINORITY)}))
+            if bits == BITS:
+                per_class[v] = extra["per_class"]
+                hist = m.get("val_history") or []
+                if hist:
+                    curves.append(f"* {v}: " + ", ".join(f"e{h['epoch']} {h['val_mAP']:.3f}" for h in hist))
     classes = [c["class"] for c in next(iter(per_class.values()), [])]
     table = []
     if per_class:
@@ -157,24 +207,27 @@ def report(which: str) -> None:
             cells = [str(c), str(per_class[next(iter(per_class))][i]["queries"]),
                      *[f"{per_class[v][i]['P@10']:.3f}" for v in per_class]]
             table.append("| " + " | ".join(cells) + " |")
-    compare = _compare(rows)
+    compare = _compare([r for r in rows if r["bits"] == BITS]) + _compare_bits(rows, s["bits"]) \
+        + _compare_minority(per_class)
     try:
         picture = _attention_picture(which, ds, per_class)
     except Exception as exc:  # noqa: BLE001 - the picture is an extra; the results file must still be written
         print(f"note: no attention picture ({type(exc).__name__}: {exc})", file=sys.stderr)
         picture = None
-    cmds = [cmd_text(c) for v, c in commands(which) if v in per_class or any(f"`{v}`" in p for p in pending)]
+    ran = {r["variant"] for r in rows}
+    cmds = [cmd_text(c) for v, c in commands(which) if v in ran or any(f"`{v}`" in p for p in pending)]
+    bits_text = "/".join(str(b) for b in sorted(s["bits"]))
     if s["baselines"]:
         cmds.append("baselines " + ", ".join(s["baselines"]) + ": `python bench/finetune_cifar10.py run` (48 bits)")
     write_results(
         DOCS, s["name"],
         title=f"ATH vs DTSH, DPSH, DMSH — {s['dataset']} {s['protocol']}, EfficientNet-Lite0 fine-tuned above "
-              f"{s['cut']}, {s['size']} px, {BITS} bits, {EPOCHS} epochs",
+              f"{s['cut']}, {s['size']} px, {bits_text} bits, {s['epochs']} epochs",
         protocol=s["protocol"], dataset=s["dataset"],
         backbone=f"EfficientNet-Lite0 (ImageNet weights; the papers' ResNet-50 is not available here), {s['size']} "
-                 f"px, layers above the cached cut {s['cut']} trained, {EPOCHS} epochs, {BITS} bits",
+                 f"px, layers above the cached cut {s['cut']} trained, {s['epochs']} epochs, {bits_text} bits",
         command=f"python bench/ath.py report --set {which}",
-        machine=machine_line("15–21").removeprefix("Machine: "),
+        machine=machine_line(s.get("load", "15–21")).removeprefix("Machine: "),
         rows=rows,
         notes=[
             "every row: the same backbone, image size, cut, code length, epochs, optimiser (Adam, heads lr 1e-3, "
@@ -183,10 +236,12 @@ def report(which: str) -> None:
             "P@10 and mAP@100: from the saved codes by the evaluator (ties: expected over tie orders); "
             "per-class P@10 below: the evaluator on each class's queries",
             *pending,
+            *([f"not run yet (`python bench/ath.py run --set {which}` runs what is missing): " + ", ".join(missing)]
+              if missing else []),
             *([f"attention map of the `ath` run over the first query image: `{picture.name}` "
                "(`hashlearn attention`)"] if picture else []),
         ],
-        sections=[("Per-class precision@10", table or ["(no finished run)"]),
+        sections=[(f"Per-class precision@10 ({BITS} bits)", table or ["(no finished run)"]),
                   ("How this compares with the seed's claim", compare),
                   ("Validation mAP per epoch", curves or ["(none)"]),
                   ("Commands", [f"* `{c}`" for c in cmds] or ["(none)"])],
@@ -234,11 +289,88 @@ def _compare(rows: list[dict]) -> list[str]:
     if ath is None:
         return ["ATH has not finished here, so the claim is not tested yet."]
     out = []
-    for base in ("dtsh", "dpsh", "dpsh-batch", "dpsh-mlp", "dmsh", "dmsh-mlp", "ath-triplet-only", "ath-ce-only"):
+    for base in ("dtsh", "dpsh", "dpsh-batch", "dpsh-mlp", "dmsh", "dmsh-mlp", "ath-triplet-only", "ath-ce-only",
+                 "ath-ce-only-code", "ath-triplet-only-hamming"):
         if base in by:
             a, b = ath["mAP@all"], by[base]["mAP@all"]
             out.append(f"* ATH mAP@all {a:.4f} vs {base} {b:.4f}: ATH {'beats' if a > b else 'does NOT beat'} {base}")
+    for r in rows:
+        chance = r.get("chance_mAP@all")
+        if chance and r["mAP@all"] < 1.05 * chance:
+            out.append(f"* `{r['variant']}` stayed at chance (mAP@all {r['mAP@all']:.4f}, chance {chance:.4f}): its "
+                       "codes did not separate the classes (see its loss parts in the run's log.jsonl)")
     return out
+
+
+def _p10(extra: dict, cls: str) -> float | None:
+    return next((c["P@10"] for c in extra["per_class"] if c["class"] == cls), None)
+
+
+def _compare_bits(rows: list[dict], bits: list[int]) -> list[str]:
+    """At every code length: does ATH beat each baseline run there?"""
+    if len(bits) < 2:
+        return []
+    out = []
+    for base in ("dtsh", "dpsh", "dmsh", "dpsh-batch", "dpsh-mlp", "dmsh-mlp"):
+        pairs = [(b, a["mAP@all"], c["mAP@all"]) for b in sorted(bits)
+                 for a in rows if a["variant"] == "ath" and a["bits"] == b
+                 for c in rows if c["variant"] == base and c["bits"] == b]
+        if pairs:
+            wins = sum(a > c for _, a, c in pairs)
+            out.append(f"* ATH vs {base} by code length (mAP@all): " + ", ".join(
+                f"{b} bits {a:.4f} vs {c:.4f} ({a / c:.2f}×)" for b, a, c in pairs)
+                + f" — ATH ahead at {wins} of {len(pairs)}")
+    return out
+
+
+def _compare_minority(per_class: dict) -> list[str]:
+    """The seed's claim that triplet sampling helps small classes: the minority class's P@10 when its training
+    images are cut to 10 %, against the same method trained on all of them."""
+    out = []
+    for m in ("ath", "dtsh", "dpsh"):
+        full, cut = per_class.get(m), per_class.get(f"{m}-imbalanced")
+        if full and cut:
+            a = next(c["P@10"] for c in full if c["class"] == MINORITY)
+            b = next(c["P@10"] for c in cut if c["class"] == MINORITY)
+            mean = sum(c["P@10"] for c in cut) / len(cut)
+            out.append(f"* {MINORITY} cut to 10 % of its training images: {m} P@10 on {MINORITY} queries {b:.3f} "
+                       f"(all images: {a:.3f}, kept {b / a:.2f}×); mean over classes {mean:.3f}")
+    if len(out) > 1:
+        kept = {line.split()[7]: float(line.split("kept ")[1].split("×")[0]) for line in out}
+        best = max(kept, key=kept.get)
+        out.append(f"* the method that keeps most of its {MINORITY} precision when the class is cut: {best}"
+                   + (" — consistent with the seed's claim that triplet sampling helps minority classes"
+                      if best == "ath" else " — not ATH, so the seed's minority-class claim does not hold here"))
+    return out
+
+
+def run_all(cmds: list[tuple[str, list[str]]], jobs: int, dry: bool) -> None:
+    """Run the commands, ``jobs`` at a time (each run sets its own thread count), in order; a failure stops
+    new starts and is raised once the running ones end."""
+    import subprocess
+    import time
+
+    if dry or jobs <= 1:
+        for _, cmd in cmds:
+            run(cmd, dry)
+        return
+    waiting, running, failed = list(cmds), [], []
+    while waiting or running:
+        while waiting and len(running) < jobs and not failed:
+            v, cmd = waiting.pop(0)
+            print("$ " + cmd_text(cmd), flush=True)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            running.append((v, cmd, subprocess.Popen(cmd, cwd=RUNS.parent, env=env)))
+        time.sleep(2)
+        for job in list(running):
+            if job[2].poll() is not None:
+                running.remove(job)
+                if job[2].returncode:
+                    failed.append(cmd_text(job[1]))
+        if failed and not running:
+            break
+    if failed:
+        raise SystemExit("failed: " + "; ".join(failed))
 
 
 def main() -> None:
@@ -247,11 +379,11 @@ def main() -> None:
     ap.add_argument("--set", dest="which", choices=sorted(SETS), default="cifar10")
     ap.add_argument("--only", help="comma-separated variants to run (default: all)")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (brain-mri runs use 1 thread each: --jobs 2)")
     args = ap.parse_args()
     if args.step == "run":
         only = args.only.split(",") if args.only else None
-        for _, cmd in commands(args.which, only):
-            run(cmd, args.dry_run)
+        run_all(commands(args.which, only, skip_done=True), args.jobs, args.dry_run)
     else:
         report(args.which)
 

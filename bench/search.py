@@ -331,10 +331,12 @@ def write_latency(path: Path, rows, extra, command, load_before, load_after, ela
         command,
         "```",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared: load average "
-        f"{load_before[0]:.1f} before and {load_after[0]:.1f} after (1 min; other jobs ran on the 2 cores, so "
-        f"absolute times are inflated and noisy; the peers are interleaved call by call, so they share the same "
-        f"conditions). Threads: {extra['threads']} for every peer. {r0['n']:,} {r0['kind']} {r0['bits']}-bit codes "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores: load average "
+        f"{load_before[0]:.1f} before and {load_after[0]:.1f} after (1 min; "
+        + ("other jobs ran on the cores, so absolute times are inflated and noisy; "
+           if max(load_before[0], load_after[0]) > (os.cpu_count() or 1) else "a quiet machine; ")
+        + "the peers are interleaved call by call, so they share the same conditions). "
+        f"Threads: {extra['threads']} for every peer. {r0['n']:,} {r0['kind']} {r0['bits']}-bit codes "
         f"(noisy copies of 100 centre codes, each bit flipped with probability 1/8), queries drawn the same "
         f"way and never reused, k = {K}, {r0['trials']} calls per cell. Run took {elapsed / 60:.1f} min.",
         "",

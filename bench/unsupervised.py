@@ -1,19 +1,22 @@
-"""CIFAR-10 cifar10-1 without labels for training: DSAH, BCDH and the unsupervised deep baselines.
+"""CIFAR-10 cifar10-1 without labels for training: DSAH, BCDH and the unsupervised deep baselines, 16/32/64 bits.
 
 Every run goes through ``hashlearn train`` with a label-free method (``supervised = False``: the
 loss never sees a label; the validation split's labels select the epoch, the query/database labels
 evaluate). EfficientNet-Lite0 at 96 px, fine-tuned above the cached ``stage5`` cut (the cut chosen
 on validation in ``cifar10-1-lite0-finetune``): the pooled frozen-feature cache of the whole
-dataset is not on this machine (44 min to rebuild on the shared CPU), the stage5 maps are. This
-script prints and runs the commands, then writes ``docs/results/cifar10-1-unsupervised.{md,json}``
+dataset is not on this machine (44 min to rebuild on the shared CPU), the stage5 maps are. The
+methods (dsah, bcdh, ssdh-u, greedyhash-u, bihalf) run at 16, 32 and 64 bits, the DSAH ablations
+(AND off, PIC 0, and the AND update with γ = 1 before the epochs model selection sees) at 32 bits.
+This script prints and runs the commands, then writes ``docs/results/cifar10-1-unsupervised.{md,json}``
 from the run folders::
 
-    python bench/unsupervised.py run [--bits 32] [--only dsah,bcdh]   # missing runs, one after another
-    python bench/unsupervised.py report                               # the results files
+    python bench/unsupervised.py run --jobs 2 [--only dsah,bcdh] [--dry-run]   # the missing runs
+    python bench/unsupervised.py report                                          # the results files
 
-``--dry-run`` prints the commands only. Run folders: ``runs/cifar10-1-unsup-*`` (git-ignored).
-DSAH's similarity memory and positives are read from its ``dsah_similarity.jsonl`` (written by the
-method's hooks).
+``run`` skips the runs whose ``<N>bits/metrics.json`` exists, 32 bits first, then 16, then 64;
+``--jobs 2`` runs two at once (each with ``train.threads=1``); ``--dry-run`` prints the commands
+only. Run folders: ``runs/cifar10-1-unsup-*`` (git-ignored). DSAH's similarity memory, positives
+and AND updates are read from its ``dsah_similarity.jsonl`` (written by the method's hooks).
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 
-from train_cifar10 import DOCS, ROOT, RUNS, cmd_text, machine_line, read_metrics, run, train_cmd
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ath import run_all  # noqa: E402
+from train_cifar10 import DOCS, ROOT, RUNS, cmd_text, machine_line, read_metrics, train_cmd  # noqa: E402
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 NAME = "cifar10-1-unsupervised"
@@ -30,6 +37,8 @@ SIZE = 96
 CUT = "stage5"
 EPOCHS = 5
 LR = "1e-3"  # heads; the layers above the cut train at lr/10 (optim.backbone_lr default for pretrained weights)
+BITS = 32  # the ablations' code length
+ALL_BITS = [32, 16, 64]  # the methods' code lengths, in the order ``run`` makes them
 COMMON = [
     "--dataset", "cifar10", "--protocol", "cifar10-1", "--backbone", "efficientnet_lite0",
     "--image-size", str(SIZE), "--seed", "0", "--finetune-from", CUT, "--set", "train.threads=1",
@@ -41,52 +50,156 @@ VARIANTS = {
              "intended ANC rule (intersection, K1 = K2 = 500), PIC 1, one AND update after epoch 3 (γ = 0)"),
     "dsah-no-and": ("dsah", ["method_args.and_update=false"], "AND ablation: the initial similarity only"),
     "dsah-pic0": ("dsah", ["method_args.round_epochs=3", "method_args.pic=0"], "PIC ablation: A = 1"),
+    # At 32 bits `dsah` kept epoch 3, the weights from before its only AND update (after epoch 3), so its row
+    # equals `dsah-no-and`'s. Here the update comes after epoch 2 (and 4) and validation after epochs 3 and 5
+    # only: every epoch model selection can keep was trained on the updated similarity. γ = 1: from the `dsah`
+    # run's epoch-3 codes, μ + 1σ adds about 20 % of all pairs with about 20 % of them same-class (the
+    # initial ANC positives' rate), where γ = 0 added 46 % with 17 % same-class; above γ ≈ 1 the threshold
+    # passes the largest inner product (32) and nothing is added.
+    "dsah-gamma1": ("dsah", ["method_args.round_epochs=2", "method_args.gamma=1", "train.eval_every=3"],
+                    "AND update after epochs 2 and 4 with γ = 1 (threshold μ + σ), validation after epochs 3 and 5 "
+                    "only, so the kept weights always trained on the updated similarity"),
     "bcdh": ("bcdh", ["method_args.views=2"],
              "synthetic views (2 per training image, stage5 maps cached), closed-form B-step, 5 hard negatives"),
     "ssdh-u": ("ssdh-u", [], "thresholds μ ± σ of the pretrained cosine distances"),
     "greedyhash-u": ("greedyhash-u", [], "sign with straight-through gradient, cosine targets, α = 0.1"),
     "bihalf": ("bihalf", [], "bi-half layer (γ = 3), cosine targets"),
 }
-ORDER = ["dsah", "ssdh-u", "greedyhash-u", "bihalf", "bcdh", "dsah-no-and", "dsah-pic0"]
+#: the methods, run at every code length of ALL_BITS and ranked per length; the other variants at BITS only
+METHODS = ("dsah", "ssdh-u", "greedyhash-u", "bihalf", "bcdh")
+ORDER = [*METHODS, "dsah-no-and", "dsah-pic0", "dsah-gamma1"]
 
 
-def run_dir(variant: str):
+def run_dir(variant: str) -> Path:
     return RUNS / f"cifar10-1-unsup-{variant}"
 
 
-def command(variant: str, bits: str) -> list[str]:
+def variant_bits(v: str) -> list[int]:
+    return ALL_BITS if v in METHODS else [BITS]
+
+
+def command(variant: str, bits: int) -> list[str]:
     method, overrides, _ = VARIANTS[variant]
     return train_cmd(method, COMMON, bits, run_dir(variant), epochs=EPOCHS, lr=LR, overrides=overrides)
 
 
-def dsah_similarity(folder) -> dict:
-    """The initial similarity's record and the last AND update's (positives, bytes) of a DSAH run."""
+def commands(only=None, skip_done: bool = False) -> list[tuple[str, list[str]]]:
+    """One ``hashlearn train`` per (variant, code length), by code length in ALL_BITS order, then ORDER;
+    ``skip_done``: leave out the runs that have finished (their ``metrics.json`` exists)."""
+    out = []
+    for bits in ALL_BITS:
+        for v in ORDER:
+            if (only and v not in only) or bits not in variant_bits(v):
+                continue
+            if skip_done and (run_dir(v) / f"{bits}bits" / "metrics.json").exists():
+                print(f"done already: {v} at {bits} bits ({run_dir(v).relative_to(ROOT)})")
+                continue
+            out.append((v, command(v, bits)))
+    return out
+
+
+def dsah_similarity(folder: Path) -> dict:
+    """The initial similarity's record and the AND updates' (epochs, thresholds, positives) of a DSAH run."""
     path = folder / "dsah_similarity.jsonl"
     if not path.exists():
         return {}
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     initial = next((x for x in reversed(lines) if x.get("event") == "initial"), {})
     last = lines[-1] if lines else {}
+    updates = [x for x in lines if x.get("event") == "and_update"]
     return {"similarity_bytes": initial.get("similarity_nbytes"), "positives_initial": initial.get("positives"),
             "positives_final": last.get("positives"), "anc_seconds": initial.get("seconds"),
-            "n_train": initial.get("n"), "and_thresholds": [round(x["threshold"], 3) for x in lines
-                                                            if x.get("event") == "and_update"],
-            "and_updates": sum(x.get("event") == "and_update" for x in lines)}
+            "n_train": initial.get("n"), "and_thresholds": [round(x["threshold"], 3) for x in updates],
+            "and_updates": len(updates), "and_epochs": [x.get("epoch") for x in updates]}
+
+
+def and_in_effect(row: dict) -> bool:
+    """Whether the kept weights trained after an AND update (an update at epoch e changes epochs e + 1, …)."""
+    return any(e < row.get("best_epoch", 0) for e in row.get("and_epochs") or [])
+
+
+def _rank_lines(rows: list[dict]) -> list[str]:
+    """Per code length: the methods by mAP@all, and where DSAH and BCDH stand (also by mAP@1000)."""
+    out = []
+    for bits in sorted(ALL_BITS):
+        got = {r["variant"]: r for r in rows if r["bits"] == bits and r["variant"] in METHODS}
+        if not got:
+            out.append(f"* {bits} bits: no method measured yet.")
+            continue
+        by_all = sorted(got, key=lambda v: -got[v]["mAP@all"])
+        by_1000 = sorted(got, key=lambda v: -got[v]["mAP@1000"])
+        places = "; ".join(f"{v.upper()} {by_all.index(v) + 1} of {len(got)} by mAP@all and "
+                           f"{by_1000.index(v) + 1} by mAP@1000" for v in ("dsah", "bcdh") if v in got)
+        missing = [v for v in METHODS if v not in got]
+        out.append(f"* {bits} bits, mAP@all: " + " > ".join(f"{v} {got[v]['mAP@all']:.4f}" for v in by_all)
+                   + (f". {places}" if places else ". Neither DSAH nor BCDH measured")
+                   + (f" (not measured: {', '.join(missing)})" if missing else "") + ".")
+    return out
+
+
+def _ablation_lines(rows: list[dict]) -> list[str]:
+    """The DSAH ablations at BITS against `dsah-no-and`/`dsah`, saying whether the AND took part in the kept
+    weights (an update after the kept epoch changes nothing that is evaluated)."""
+    got = {r["variant"]: r for r in rows if r["bits"] == BITS and r["method"] == "dsah"}
+    out = []
+    for v, base, what in (("dsah", "dsah-no-and", "AND update"), ("dsah-gamma1", "dsah-no-and", "AND update, γ = 1"),
+                          ("dsah-pic0", "dsah", "PIC off (A = 1)")):
+        if v not in got or base not in got:
+            continue
+        a, b = got[v], got[base]
+        line = (f"* {what} ({v} vs {base}, {BITS} bits): mAP@all {a['mAP@all']:.4f} vs {b['mAP@all']:.4f} "
+                f"({a['mAP@all'] - b['mAP@all']:+.4f}), mAP@1000 {a['mAP@1000']:.4f} vs {b['mAP@1000']:.4f}; "
+                f"{v} kept epoch {a.get('best_epoch')}")
+        if a.get("and_epochs"):
+            line += (f", AND updates after epoch(s) {a['and_epochs']} — "
+                     + ("the kept weights trained on the updated similarity"
+                        if and_in_effect(a) else "all after the kept epoch, so the update is not in this row"))
+        if v == "dsah-gamma1":
+            line += _control(a, b)
+        out.append(line + ".")
+    return out
+
+
+def _control(row: dict, no_and: dict) -> str:
+    """Which epoch `dsah-no-and` would keep were it validated only when ``row``'s run was (its val history)."""
+    seen = [h["epoch"] for h in row.get("val_history") or []]
+    hist = [h for h in no_and.get("val_history") or [] if h["epoch"] in seen]
+    if not hist:
+        return ""
+    best = max(hist, key=lambda h: (h["val_mAP"], -h["epoch"]))
+    same = best["epoch"] == no_and.get("best_epoch")
+    return (f"; validated only after epochs {seen}, dsah-no-and would keep epoch {best['epoch']} "
+            + ("(the epoch its row is from, so the comparison is matched)" if same
+               else f"(its row is from epoch {no_and.get('best_epoch')}: the comparison is not matched)"))
 
 
 def report() -> None:
     from hashlearn.eval.results import row_from_metrics, write_results
 
-    rows, commands, sims = [], [], []
-    for v in VARIANTS:
-        found = read_metrics(run_dir(v))
-        for m in found:
+    rows, cmds, sims, missing, not_run = [], [], [], [], {}
+    for bits in sorted(ALL_BITS):
+        for v in ORDER:
+            if bits not in variant_bits(v):
+                continue
+            folder = run_dir(v)
+            found = [m for m in read_metrics(folder) if m["bits"] == bits]
+            logged = folder / f"{bits}bits" / "log.jsonl"
+            if not found:
+                if logged.exists():
+                    epochs = len(logged.read_text().splitlines())
+                    missing.append(f"`{v}` at {bits} bits: still training when this file was generated ({epochs} of "
+                                   f"{EPOCHS} epochs logged in {folder.relative_to(ROOT)})")
+                    cmds.append(f"* `{cmd_text(command(v, bits))}`")
+                else:
+                    not_run.setdefault(v, []).append(str(bits))
+                continue
+            m = found[0]
             extra = {}
             if VARIANTS[v][0] == "dsah":
-                extra = dsah_similarity(run_dir(v) / f"{m['bits']}bits")
+                extra = dsah_similarity(folder / f"{bits}bits")
                 if extra.get("similarity_bytes") is not None:
                     n = int(extra["n_train"])
-                    sims.append(f"* {v} {m['bits']} bits: W over {n} training images, bit-packed "
+                    sims.append(f"* {v} {bits} bits: W over {n} training images, bit-packed "
                                 f"{extra['similarity_bytes'] / 2**20:.2f} MiB (a dense float32 W: "
                                 f"{n * n * 4 / 2**20:.0f} MiB); positives {extra['positives_initial']} initially, "
                                 f"{extra['positives_final']} after {extra['and_updates']} AND update(s) "
@@ -94,19 +207,25 @@ def report() -> None:
                                 f"{extra['positives_initial'] / n / n:.2%} → {extra['positives_final'] / n / n:.2%} "
                                 f"of all pairs (same-class pairs in CIFAR-10: about 10%); ANC took "
                                 f"{extra['anc_seconds']} s")
-            rows.append(row_from_metrics(m, variant=v, cut=CUT, epochs=m.get("epochs_run"), **extra))
-        if found:
-            bits = ",".join(str(m["bits"]) for m in found)
-            commands.append(f"* `{cmd_text(command(v, bits))}`")
+            rows.append(row_from_metrics(m, variant=v, cut=CUT, epochs=m.get("epochs_run"), **extra,
+                                         val_history=m.get("val_history")))
+            cmds.append(f"* `{cmd_text(command(v, bits))}`")
     if not rows:
         raise SystemExit("no runs yet; run: python bench/unsupervised.py run")
+    if not_run:
+        missing.append("not run yet (`python bench/unsupervised.py run`): "
+                       + "; ".join(f"`{v}` at {'/'.join(b)} bits" for v, b in not_run.items()))
+    compare = _rank_lines(rows) + _ablation_lines(rows)
+    for r in rows:
+        r.pop("val_history", None)
     n50k = 50_000
     sims.append(f"* at 50,000 training images the bit-packed W takes {n50k * ((n50k + 7) // 8) / 2**30:.2f} GiB "
                 f"(dense float32: {n50k * n50k * 4 / 2**30:.1f} GiB), whatever the number of positives")
+    bits_text = "/".join(str(b) for b in sorted(ALL_BITS))
     write_results(
         DOCS, NAME,
         title=f"CIFAR-10 cifar10-1 without labels for training: DSAH, BCDH and unsupervised baselines, "
-              f"EfficientNet-Lite0 above {CUT}, {SIZE} px",
+              f"EfficientNet-Lite0 above {CUT}, {SIZE} px, {bits_text} bits",
         protocol="cifar10-1", dataset="cifar10",
         backbone=f"EfficientNet-Lite0 (ImageNet weights), {SIZE} px, layers above the cached {CUT} cut and the head "
                  f"trained on cached activations, {EPOCHS} epochs",
@@ -118,37 +237,37 @@ def report() -> None:
             "(validation mAP against training codes) and to evaluate the 1,000 queries against the 59,000-image "
             "database (mAP@1000, mAP@all, relevance = same class)",
             f"training: Adam, heads lr {LR}, layers above the cut at lr/10, cosine schedule, batch 64, "
-            f"{EPOCHS} epochs, seed 0",
+            f"{EPOCHS} epochs, seed 0; {', '.join(METHODS)} at {bits_text} bits, the DSAH ablations at {BITS} bits; "
+            "runs after the first 32-bit ones: two at a time (`run --jobs 2`, one thread each)",
             "pretrained features (DSAH's similarity, SSDH-U's thresholds, GreedyHash-U's/Bi-half's cosine targets) "
             f"= the pooled output of the ImageNet network above {CUT} before any step",
             "shallow LSH/ITQ rows are missing: they need the pooled frozen-feature cache of all 60,000 images "
             "(not on this machine; 44 min to rebuild on the shared CPU) — see cifar10-1-frozen-lite0.md for them "
             "on the same backbone and image size",
             "variants (column `variant`): " + "; ".join(f"`{v}`: {d[2]}" for v, d in VARIANTS.items()),
+            *missing,
         ],
-        sections=[("DSAH similarity memory", sims), ("Commands", commands)],
+        sections=[("How the methods compare, by code length", compare), ("DSAH similarity memory", sims),
+                  ("Commands", cmds)],
     )
-    print(f"wrote {DOCS / NAME}.md and .json")
+    print(f"wrote {DOCS / NAME}.md and .json ({len(rows)} rows)", *missing, sep="\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=["run", "report"])
-    ap.add_argument("--bits", default="32")
     ap.add_argument("--only", default="", help="comma-separated variants (default: all, in the script's order)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses 1 thread: --jobs 2)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
     if args.step == "report":
         report()
         return
-    only = [v for v in args.only.split(",") if v] or ORDER
+    only = [v for v in args.only.split(",") if v]
     for v in only:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-        have = {m["bits"] for m in read_metrics(run_dir(v))}
-        if all(int(b) in have for b in args.bits.split(",")):
-            continue
-        run(command(v, args.bits), args.dry_run)
+    run_all(commands(only, skip_done=True), args.jobs, args.dry_run)
 
 
 if __name__ == "__main__":

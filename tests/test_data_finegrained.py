@@ -182,3 +182,31 @@ def test_training_on_a_class_subset_from_the_settings(tmp_path):
     metrics = train(cfg, dataset=ds, out=tmp_path / "r", progress=False)[0]
     assert metrics["sizes"] == {"query": 10, "train": 44, "val": 6, "database": 50}  # 2 classes of 30 images
     assert "'classes': ['c0', 'c2']" in str(metrics["protocol_description"])
+
+
+# --- the train_class_fraction protocol argument (an imbalanced training set) ----------------------------------
+def test_train_class_fraction_cuts_only_the_training_images_of_that_class():
+    ds = _ten_class_set(per_class=40)
+    plain = get_protocol("per-class", query_per_class=5).split(ds, seed=3)
+    cut = get_protocol("per-class", query_per_class=5, train_class_fraction={"Coat": 0.1}).split(ds, seed=3)
+    for part in ("query", "val", "database"):
+        assert np.array_equal(getattr(cut, part), getattr(plain, part))  # retrieval is measured on the same images
+    coat = ds.class_names.index("Coat")
+    before = np.bincount(ds.labels[plain.train], minlength=10)
+    after = np.bincount(ds.labels[cut.train], minlength=10)
+    assert after[coat] == round(before[coat] * 0.1) and after[coat] >= 1
+    assert np.array_equal(np.delete(after, coat), np.delete(before, coat))
+    assert set(cut.train) <= set(plain.train)
+    assert cut.params["train_class_fraction"] == {"Coat": 0.1}
+    again = get_protocol("per-class", query_per_class=5, train_class_fraction={4: 0.1}).split(ds, seed=3)
+    assert np.array_equal(again.train, cut.train)  # seeded; a class index means the same class
+    other = get_protocol("per-class", query_per_class=5, train_class_fraction={4: 0.1}).split(ds, seed=4)
+    assert not np.array_equal(other.train, cut.train)
+
+
+@pytest.mark.parametrize("fractions,match", [({"Hat": 0.1}, "not a class"), ({"Coat": 0}, r"in \(0, 1\]"),
+                                             ({"Coat": 1.5}, r"in \(0, 1\]"), ({"Coat": "x"}, r"in \(0, 1\]"),
+                                             (0.1, "must map class")])
+def test_bad_train_class_fraction_is_a_one_line_error(fractions, match):
+    with pytest.raises(InputError, match=match):
+        get_protocol("per-class", query_per_class=5, train_class_fraction=fractions).split(_ten_class_set(), seed=0)

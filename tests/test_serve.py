@@ -474,6 +474,34 @@ def test_serve_command_errors_are_one_line(world, tmp_path, capsys):
         main(["serve", "--run", "r", "--collection", "c", "--port", "70000"])
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_server_process_leaves_its_startup_objects_out_of_garbage_collection(world, monkeypatch, workers):
+    """Else a full collection under load walks every object of torch, numba and the app with every thread
+    stopped (~170 ms, about once a second with 32 clients: bench/service_load.py's p99)."""
+    import gc
+
+    import uvicorn
+
+    from hashlearn.serve.app import app_from_env
+
+    seen = {}
+
+    def listen(app, **kwargs):  # where uvicorn would start listening: what would a full collection walk?
+        if kwargs.get("factory"):  # --workers N: each worker process builds its app from the environment
+            app = app_from_env()
+        seen["walked"], seen["frozen"] = len(gc.get_objects()), gc.get_freeze_count()
+        app.state.service.close()
+
+    monkeypatch.setattr(uvicorn, "run", listen)
+    monkeypatch.setenv("HASHLEARN_SERVE_SETTINGS", "")  # restored after: cmd_serve sets it for the workers
+    try:
+        assert main(["serve", "--run", str(world["run"]), "--collection", str(world["collection"]),
+                     "--workers", str(workers)]) == 0
+    finally:
+        gc.unfreeze()
+    assert seen["frozen"] > 50_000 and seen["walked"] < seen["frozen"] / 20, seen
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

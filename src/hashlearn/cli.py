@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "hashlearn.data.commands",
     "hashlearn.train.commands",
     "hashlearn.eval.commands",
+    "hashlearn.benchmark.commands",
     "hashlearn.index.commands",
     "hashlearn.duplicates.commands",
     "hashlearn.serve.commands",

@@ -539,7 +539,8 @@ def nus_wide(val_fraction: float = 0.1) -> Protocol:
 
 def protocol_params(name: str) -> list[str]:
     """The parameters protocol ``name`` takes (what ``--set KEY=VALUE`` / ``protocol_args`` may set);
-    besides these, every protocol takes ``classes`` (:class:`ClassSubset`)."""
+    besides these, every protocol takes ``classes`` (:class:`ClassSubset`) and ``train_class_fraction``
+    (:class:`TrainClassFraction`)."""
     factory = PROTOCOLS.get(name)
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [p.name for p in inspect.signature(factory).parameters.values() if p.kind in kinds]
@@ -594,20 +595,61 @@ class ClassSubset(Protocol):
         return self._make(ds, seed, *(rows[getattr(inner, k)] for k in SPLIT_PARTS))
 
 
+class TrainClassFraction(Protocol):
+    """Any protocol whose training images of some classes are cut to a fraction of them
+    (``protocol_args: {train_class_fraction: {CLASS: FRACTION}}``, class names or indices, fractions in
+    (0, 1]; single-label data): an imbalanced training set, e.g. to test whether a method's sampling helps
+    a minority class. Only ``train`` shrinks; the queries, the validation slice and the database are the
+    inner protocol's, so retrieval is measured on the same images as without the cut. The kept images are
+    drawn with the split's seed (at least one per cut class)."""
+
+    def __init__(self, inner: Protocol, fractions: Any):
+        if not isinstance(fractions, dict) or not fractions:
+            raise InputError(f"protocol {inner.name!r}: train_class_fraction must map class names or indices to "
+                             f"fractions, e.g. {{glioma: 0.1}}; got {fractions!r}")
+        for c, f in fractions.items():
+            if not _is_number(f) or not 0 < float(f) <= 1:
+                raise InputError(f"protocol {inner.name!r}: train_class_fraction of class {c!r} must be a number "
+                                 f"in (0, 1], got {f!r}")
+        super().__init__(inner.name, **inner.params, train_class_fraction=dict(fractions))
+        self.inner = inner
+
+    def split(self, ds: ImageDataset, seed: int = 0) -> Split:
+        if ds.multilabel:
+            raise InputError(f"protocol argument train_class_fraction is for single-label data; {ds.name} is "
+                             "multi-label")
+        inner = self.inner.split(ds, seed=seed)
+        labels = np.asarray(ds.labels)
+        kept = inner.train
+        rng = np.random.default_rng([int(seed), 0x1B])  # its own stream: the inner split is unchanged
+        for c, fraction in self.params["train_class_fraction"].items():
+            index = ClassSubset(self.inner, [c]).resolve(ds)[0]
+            members = kept[labels[kept] == index]
+            keep = max(1, _round(len(members) * float(fraction))) if len(members) else 0
+            drop = np.setdiff1d(members, rng.choice(members, keep, replace=False)) if len(members) else members
+            kept = np.setdiff1d(kept, drop)
+        return self._make(ds, seed, inner.query, kept, inner.val, inner.database)
+
+
 def get_protocol(name: str, **params: Any) -> Protocol:
     """The protocol registered as ``name`` (case-insensitive), with ``params`` overriding its defaults.
 
-    A parameter the protocol does not take is an :class:`InputError` listing the ones it takes.
+    A parameter the protocol does not take is an :class:`InputError` listing the ones it takes. Every
+    protocol also takes ``classes`` (:class:`ClassSubset`) and ``train_class_fraction``
+    (:class:`TrainClassFraction`).
     """
     factory = PROTOCOLS.get(name)
     valid = protocol_params(name)
+    fractions = params.pop("train_class_fraction", None)
+    if fractions is not None:
+        return TrainClassFraction(get_protocol(name, **params), fractions)
     classes = params.pop("classes", None)
     if classes is not None:
         return ClassSubset(get_protocol(name, **params), classes)
     unknown = [k for k in params if k not in valid]
     if unknown:
         takes = (f"its parameters are {', '.join(valid)}" if valid else "it takes no parameters") \
-            + " (and classes, as every protocol)"
+            + " (and classes and train_class_fraction, as every protocol)"
         raise InputError(f"protocol {name!r} has no parameter {', '.join(map(repr, unknown))}; {takes}")
     try:
         return factory(**params)

@@ -33,7 +33,8 @@ def register(sub) -> None:
     which.add_argument("--model", default=None, metavar="NAME",
                        help="a model that ships with hashlearn (default: default)")
     which.add_argument("--run", default=None, metavar="RUN", help="a run folder of hashlearn train instead "
-                                                                  "(e.g. runs/bcdh/64bits)")
+                                                                  "(e.g. runs/bcdh/64bits), or a model file of "
+                                                                  "hashlearn export (.hlm)")
     p.add_argument("--recursive", "-r", action="store_true", help="search subfolders too")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--html", default=None, metavar="REPORT.html",

@@ -122,7 +122,7 @@ def register(sub) -> None:
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--query-codes", metavar="Q", help="query codes: a .npz codes file, or a .npy (packed, 0/1 or ±1)")
     q.add_argument("--image", metavar="IMAGE", help="a query image, encoded by the model of --run")
-    s.add_argument("--run", metavar="RUN", help="training run directory (with --image)")
+    s.add_argument("--run", metavar="RUN", help="training run directory or exported model file (.hlm) (with --image)")
     s.add_argument(
         "-k", type=int, default=10,
         help="neighbours per query (default 10; at most 2^31-1; more than the database holds: all of it)",

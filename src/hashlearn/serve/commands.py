@@ -44,7 +44,8 @@ def register(sub) -> None:
         " in $HASHLEARN_TOKEN (sent as 'Authorization: Bearer TOKEN'); without it the service is read-only.",
     )
     p.add_argument("--run", required=True, metavar="RUN",
-                   help="training run folder (one code length, e.g. runs/x/32bits)")
+                   help="training run folder (one code length, e.g. runs/x/32bits) or a model file from hashlearn "
+                        "export (.hlm)")
     p.add_argument("--collection", required=True, metavar="COLLECTION",
                    help="collection folder (hashlearn index build)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -88,7 +89,7 @@ def cmd_serve(args) -> int:
     settings.check()
     import uvicorn
 
-    from hashlearn.serve.app import create_app
+    from hashlearn.serve.app import create_app, freeze_startup_objects
 
     # the model and the collection are loaded here (one worker) or checked here (several), so that a bad
     # run or collection is one line before anything listens
@@ -99,6 +100,7 @@ def cmd_serve(args) -> int:
     print(f"serving {args.collection} ({svc.items} items, {svc.bits} bits) with {args.run} at "
           f"http://{shown}:{args.port}/ ; {mode}", file=sys.stderr, flush=True)
     if args.workers == 1:
+        freeze_startup_objects()
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
     svc.close()

@@ -166,6 +166,10 @@ class Service:
     def _read_run_metrics(self) -> dict:
         import json
 
+        if Path(self.hasher.run_dir).is_file():  # a model file from hashlearn export carries its metrics
+            from hashlearn.train.export import model_file_metrics
+
+            return model_file_metrics(self.hasher.run_dir)
         path = Path(self.hasher.run_dir) / "metrics.json"
         try:
             return json.loads(path.read_text())

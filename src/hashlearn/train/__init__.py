@@ -2,7 +2,8 @@
 
 * :func:`train` — ``hashlearn train`` as a function (one run folder per code length);
 * :func:`load_config` — typed settings (:class:`RunConfig`): defaults ← YAML file ← ``key=value``;
-* :func:`load_run` — the one way a trained hasher is loaded from a run folder (never unpickled);
+* :func:`load_run` — the one way a trained hasher is loaded from a run folder or a model file of
+  :func:`export_run` (``hashlearn export``; never unpickled);
   :func:`new_hasher` — an untrained one; both give a :class:`Hasher` (``fit`` / ``encode``);
 * :class:`Trainer` — the loop (checkpoint/resume, validation-based selection, hooks, feeds);
 * :func:`encode_images` / :func:`encode_files` / :func:`encode_dataset` — codes from a run;
@@ -35,6 +36,7 @@ _EXPORTS = {
     "encode_files": "hashlearn.train.encode",
     "encode_dataset": "hashlearn.train.encode",
     "check_codes_match_run": "hashlearn.train.encode",
+    "export_run": "hashlearn.train.export",
     "run_demo": "hashlearn.train.demo",
 }
 

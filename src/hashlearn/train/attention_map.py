@@ -22,7 +22,8 @@ def register(sub) -> None:
         description="Run the model of RUN on one image and draw its spatial-attention map over it: the image, "
                     "the map (0..1) and the map over the image, side by side.",
     )
-    a.add_argument("--run", required=True, help="run folder of one code length (e.g. runs/ath/48bits)")
+    a.add_argument("--run", required=True, help="run folder of one code length (e.g. runs/ath/48bits) or a model "
+                   "file from hashlearn export (.hlm)")
     a.add_argument("--image", required=True, help="the image file")
     a.add_argument("--out", required=True, help="the picture to write (.png, or another matplotlib format)")
     a.set_defaults(func=cmd_attention)
@@ -35,13 +36,19 @@ def cmd_attention(args) -> int:
 
 
 def check_attention_run(run) -> str:
-    """The method name of the run folder ``run``; an :class:`InputError` when it has no attention map."""
+    """The method name of the run folder (or exported model file) ``run``; an :class:`InputError` when it
+    has no attention map."""
     from hashlearn.errors import InputError
     from hashlearn.train.model import existing_run_dir, method_kind
     from hashlearn.train.runfolder import read_run_config
 
-    run_dir = existing_run_dir(run)
-    config = read_run_config(run_dir)
+    if Path(run).is_file():  # a model file from hashlearn export
+        from hashlearn.train.export import model_file_config
+
+        run_dir, config = Path(run), model_file_config(run)
+    else:
+        run_dir = existing_run_dir(run)
+        config = read_run_config(run_dir)
     cls, kind = method_kind(config.method)
     if kind != "deep" or not getattr(cls, "attention_map", False):
         raise InputError(f"{run_dir}: method {config.method} has no attention map (methods with one: ath)")

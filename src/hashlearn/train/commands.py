@@ -1,4 +1,5 @@
-"""Commands ``train``, ``encode``, ``methods`` and ``demo`` (argparse only at import time)."""
+"""Commands ``train``, ``encode``, ``methods``, ``demo``, ``attention`` and ``export`` (argparse only at import
+time)."""
 
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def register(sub) -> None:
 
     e = sub.add_parser("encode", help="encode a dataset or a folder of images with a trained run",
                        description="Write packed binary codes with their ids (hashlearn.codes.save_codes).")
-    e.add_argument("--run", required=True, help="run folder of one code length (e.g. runs/demo/dmsh/32bits)")
+    e.add_argument("--run", required=True, help="run folder of one code length (e.g. runs/demo/dmsh/32bits) or a "
+                   "model file from hashlearn export (.hlm)")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="encode every image of this dataset")
     src.add_argument("--images", help="encode every image file under this folder (ids = relative paths)")
@@ -130,9 +132,10 @@ def register(sub) -> None:
     d.add_argument("--seed", type=_int_arg(0, 2**32 - 1), default=0)
     d.set_defaults(func=cmd_demo)
 
-    from hashlearn.train import attention_map  # the `attention` command (standard library at import)
+    from hashlearn.train import attention_map, export  # `attention`, `export` (standard library at import)
 
     attention_map.register(sub)
+    export.register(sub)
 
 
 def _config_from_args(args):

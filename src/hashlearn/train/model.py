@@ -215,10 +215,12 @@ def assemble_model(config: RunConfig, method, backbone, method_where: str = "met
 
 # -- the fingerprint of a run -----------------------------------------------------------------------------
 
-def run_fingerprint(run_dir: Path, weights_file: str) -> str:
+def run_fingerprint(run_dir: Path, weights_file: str, weights_sha256: str | None = None) -> str:
     """sha256 of what makes a run's codes: its saved settings (``config.yaml`` as written, less the
     settings that change no weight, :data:`RESUME_FREE`) and the bytes of its weights file. Code
-    files record it; a search that encodes with run R checks a codes file against it."""
+    files record it; a search that encodes with run R checks a codes file against it.
+    ``weights_sha256``: that file's sha256 when the file itself is not there (an exported model
+    records it, so it keeps its run's fingerprint)."""
     from hashlearn._digest import file_digest
 
     saved = read_config(run_dir / "config.yaml")
@@ -227,10 +229,12 @@ def run_fingerprint(run_dir: Path, weights_file: str) -> str:
         section, _, leaf = key.partition(".")
         if leaf and isinstance(kept.get(section), dict):
             kept[section] = {k: v for k, v in kept[section].items() if k != leaf}
-    weights = run_dir / weights_file
-    if not weights.is_file():
-        raise NotFoundError(f"{weights} not found")
-    text = json.dumps({"config": kept, "weights_sha256": file_digest(weights)}, sort_keys=True, default=str)
+    if weights_sha256 is None:
+        weights = run_dir / weights_file
+        if not weights.is_file():
+            raise NotFoundError(f"{weights} not found")
+        weights_sha256 = file_digest(weights)
+    text = json.dumps({"config": kept, "weights_sha256": weights_sha256}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -545,11 +549,17 @@ def existing_run_dir(path) -> Path:
 
 
 def load_run(path: str | Path) -> Hasher:
-    """The trained hasher of the run folder ``path`` (one code length, e.g. ``runs/x/32bits``).
+    """The trained hasher of the run folder ``path`` (one code length, e.g. ``runs/x/32bits``), or of
+    the model file ``path`` that ``hashlearn export`` wrote (``model.hlm``: read and checked in
+    memory by :func:`hashlearn.train.export.load_model_file`, never unpacked beside it).
 
     Every file is read as data (YAML ``safe_load``, JSON, ``weights_only`` checkpoints,
-    ``allow_pickle=False`` arrays); a missing, damaged or foreign file is a one-line
+    ``allow_pickle=False`` arrays, safetensors); a missing, damaged or foreign file is a one-line
     :class:`~hashlearn.errors.HashlearnError` naming it."""
+    from hashlearn.train.export import SUFFIX, load_model_file  # the standard library only
+
+    if Path(path).is_file() or (Path(path).suffix == SUFFIX and not Path(path).exists()):
+        return load_model_file(path)
     run_dir = existing_run_dir(path)
     info = read_run_info(run_dir)
     config = read_run_config(run_dir)
@@ -558,15 +568,20 @@ def load_run(path: str | Path) -> Hasher:
     return hasher
 
 
-def _load_shallow(run_dir: Path, config: RunConfig, info: dict) -> ShallowHasher:
+def _load_shallow(run_dir: Path, config: RunConfig, info: dict, model=None,
+                  where: str | None = None) -> ShallowHasher:
+    """``model``: the fitted hasher when it does not come from ``run_dir/model.npz`` (an exported
+    model's), ``where`` naming its file in messages."""
     from hashlearn.methods.shallow import load_hasher
 
     path = run_dir / MODEL_FILE
-    if not path.exists() and (run_dir / LEGACY_MODEL_FILE).exists():
-        raise InputError(f"{run_dir / LEGACY_MODEL_FILE} is a pickle from an older hashlearn; retrain "
-                         f"(hashlearn train) — hashlearn never unpickles run files")
+    if model is None:
+        if not path.exists() and (run_dir / LEGACY_MODEL_FILE).exists():
+            raise InputError(f"{run_dir / LEGACY_MODEL_FILE} is a pickle from an older hashlearn; retrain "
+                             f"(hashlearn train) — hashlearn never unpickles run files")
+        model = load_hasher(path)
+    path = where or path
     cls, kind = method_kind(config.method)
-    model = load_hasher(path)
     if kind != "shallow" or cls is not type(model) or model.bits != config.run_bits:
         raise InputError(f"{path}: holds a {type(model).__name__} of {model.bits} bits, but {run_dir / 'config.yaml'} "
                          f"says {config.method} at {config.run_bits} bits")
@@ -584,16 +599,20 @@ def _load_shallow(run_dir: Path, config: RunConfig, info: dict) -> ShallowHasher
     return ShallowHasher(config, info, model, backbone=backbone, run_dir=run_dir)
 
 
-def _load_deep(run_dir: Path, config: RunConfig, info: dict) -> DeepHasher:
+def _load_deep(run_dir: Path, config: RunConfig, info: dict, state: dict | None = None,
+               weights: str | Path | None = None) -> DeepHasher:
+    """``state``: the trained weights when they do not come from ``run_dir/best.pt`` (an exported
+    model's), ``weights`` naming their file in messages."""
     where = run_dir / "config.yaml"
     cls, kind = method_kind(config.method)
     if kind != "deep":
         raise InputError(f"{run_dir / 'run.json'} says a deep run, but {where} names the shallow method "
                          f"{config.method!r}")
-    weights = run_dir / WEIGHTS_FILE
-    if not weights.exists():
-        raise NotFoundError(f"{weights} not found: the run has not finished an epoch")
-    state = load_checkpoint(weights)["model"]  # before building anything: a damaged file fails fast
+    weights = weights or run_dir / WEIGHTS_FILE
+    if state is None:
+        if not Path(weights).exists():
+            raise NotFoundError(f"{weights} not found: the run has not finished an epoch")
+        state = load_checkpoint(weights)["model"]  # before building anything: a damaged file fails fast
     method = build_method(cls, config.run_bits, config.method_args, where=f"{where}: method_args")
     model = assemble_deep(config, method, info.get("backbone_args") or {},
                           where=f"{run_dir / 'run.json'}: backbone_args", method_where=f"{where}: method_args")
