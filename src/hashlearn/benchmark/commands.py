@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-
-def _nproc(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"expected a number of processes from 1 to 1024, got {text!r}")
-    return value
+from hashlearn._argtypes import int_arg
 
 
 def _names(text: str) -> list[str]:
@@ -43,7 +35,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--nproc",
-        type=_nproc,
+        type=int_arg(1, 1024),
         default=1,
         metavar="N",
         help="train each deep run data-parallel on N processes (torchrun: gloo on the CPU, one GPU each "

@@ -223,7 +223,9 @@ def _checked(dotted: str, value: Any, where: str) -> Any:
         raise InputError(f"{where}: expected {exc}, got {value!r}") from None
 
 
-def _keys(value: Any, allowed: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> dict:
+def _keys(value: Any, allowed: tuple[str, ...] | dict[str, str], where: str, required: tuple[str, ...] = ()) -> dict:
+    """``value``, a mapping of ``allowed`` keys holding every ``required`` one; ``allowed`` may map each key to
+    what it is, said when a required one is missing."""
     if not isinstance(value, dict):
         raise InputError(f"{where}: expected a mapping of {', '.join(allowed)}, got {value!r}")
     for key in value:
@@ -231,7 +233,8 @@ def _keys(value: Any, allowed: tuple[str, ...], where: str, required: tuple[str,
             raise InputError(f"{where}: unknown key {key!r}; valid: {', '.join(allowed)}")
     for key in required:
         if value.get(key) is None:
-            raise InputError(f"{where}: {key} is required")
+            said = f" ({allowed[key]})" if isinstance(allowed, dict) else ""
+            raise InputError(f"{where}: {key} is required{said}")
     return value
 
 
@@ -374,12 +377,7 @@ def load_grid(source: str | Path, out: str | Path | None = None) -> Grid:
     path = config_path(source)
     data = read_config(path)  # yaml.safe_load; a mapping, else one line
     where = str(path) if not str(path).startswith(str(shipped_dir())) else f"{path.stem} (shipped config)"
-    for key in data:
-        if key not in TOP_KEYS:
-            raise InputError(f"{where}: unknown key {key!r}; valid: {', '.join(TOP_KEYS)}")
-    for key in REQUIRED:
-        if data.get(key) is None:
-            raise InputError(f"{where}: {key} is required ({TOP_KEYS[key]})")
+    _keys(data, TOP_KEYS, where, REQUIRED)
     name = _label(data.get("name", path.stem), f"{where}: name")
     title = data.get("title", f"Leaderboard {name}")
     if not isinstance(title, str) or not title.strip():

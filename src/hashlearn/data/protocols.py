@@ -246,6 +246,10 @@ def _take(rng: np.random.Generator, candidates: np.ndarray, count: int, what: st
     return rng.permutation(candidates)[:count]
 
 
+#: how a :class:`PerClassProtocol` chooses its queries: exactly one of these is given
+QUERY_CHOICES = ("query_per_class", "query_fraction", "query_split")
+
+
 class PerClassProtocol(Protocol):
     """Single-label rule: queries and training images drawn per class.
 
@@ -281,7 +285,7 @@ class PerClassProtocol(Protocol):
         who = name or self.name
         chosen = [v is not None for v in (query_per_class, query_fraction, query_split)]
         if sum(chosen) != 1:
-            raise InputError("give exactly one of query_per_class, query_fraction, query_split")
+            raise InputError(f"give exactly one of {', '.join(QUERY_CHOICES)}")
         _check_count(who, "query_per_class", query_per_class)
         _check_count(who, "train_per_class", train_per_class)
         if query_fraction is not None and not (_is_number(query_fraction) and 0 < query_fraction <= 1):
@@ -477,26 +481,17 @@ def cifar10_ii(val_fraction: float = 0.1) -> Protocol:
     summary="Any single-label set: query_fraction (default 0.1), query_per_class or query_split queries per class; "
     "training = the other images (or train_per_class of them); database = every non-query image",
 )
-def per_class(
-    *,
-    query_per_class: int | None = None,
-    query_fraction: float | None = None,
-    query_split: str | None = None,
-    train_per_class: int | None = None,
-    train_split: str | None = None,
-    database_includes_train: bool = True,
-    val_fraction: float = 0.1,
-    val_split: str | None = None,
-) -> Protocol:
-    """Any single-label set: queries per class, training from the rest (see :class:`PerClassProtocol`)."""
-    if query_per_class is None and query_fraction is None and query_split is None:
-        query_fraction = 0.1
-    return PerClassProtocol(
-        "per-class",
-        query_per_class=query_per_class, query_fraction=query_fraction, query_split=query_split,
-        train_per_class=train_per_class, train_split=train_split, database_includes_train=database_includes_train,
-        val_fraction=val_fraction, val_split=val_split,
-    )  # fmt: skip
+def per_class(**params: Any) -> Protocol:
+    """Any single-label set: queries per class, training from the rest (see :class:`PerClassProtocol`);
+    ``query_fraction=0.1`` when none of query_per_class, query_fraction and query_split is given."""
+    if all(params.get(key) is None for key in QUERY_CHOICES):
+        params["query_fraction"] = 0.1
+    return PerClassProtocol("per-class", **params)
+
+
+# per-class takes PerClassProtocol's parameters, listed once there (protocol_params and get_protocol read this)
+_signature = inspect.signature(PerClassProtocol)
+per_class.__signature__ = _signature.replace(parameters=[p for p in _signature.parameters.values() if p.name != "name"])
 
 
 @register_protocol(

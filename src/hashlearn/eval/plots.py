@@ -83,28 +83,26 @@ def _save(fig, path) -> Path:
     return path
 
 
-def _draw_pr(ax, results: dict) -> None:
+def _draw_curves(ax, results: dict, x: str, y: str, xlabel: str, ylabel: str, title: str) -> None:
+    """One curve per method (``EvalResult`` attributes ``x`` and ``y``) on a precision axis from 0 to 1."""
     for name, res in results.items():
-        ax.plot(res.pr_recall, res.pr_precision, marker=".", label=f"{name} ({res.bits} bits)")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title("precision-recall over Hamming radii")
-    ax.set_xlim(0, 1.02)
+        ax.plot(getattr(res, x), getattr(res, y), marker=".", label=f"{name} ({res.bits} bits)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _draw_pr(ax, results: dict) -> None:
+    _draw_curves(ax, results, "pr_recall", "pr_precision", "recall", "precision", "precision-recall over Hamming radii")
+    ax.set_xlim(0, 1.02)
 
 
 def _draw_pn(ax, results: dict) -> None:
-    for name, res in results.items():
-        ax.plot(res.curve_n, res.precision_at_n, marker=".", label=f"{name} ({res.bits} bits)")
+    _draw_curves(ax, results, "curve_n", "precision_at_n", "N (top N retrieved)", "precision@N", "precision@N")
     ax.set_xscale("log")
-    ax.set_xlabel("N (top N retrieved)")
-    ax.set_ylabel("precision@N")
-    ax.set_title("precision@N")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
 
 
 def plot_pr_curves(results, path) -> Path:

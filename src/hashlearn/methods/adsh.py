@@ -69,6 +69,7 @@ from hashlearn.methods.base import (
     check_choice,
     check_int,
     check_number,
+    check_tap,
     pool,
     similarity,
 )
@@ -219,9 +220,7 @@ class ADSH(Method):
         self.gamma = check_number(who, "gamma", gamma, minimum=0)
         self.inner_epochs = check_int(who, "inner_epochs", inner_epochs, minimum=1)
         self.similarity = check_choice(who, "similarity", similarity, SIMILARITIES)
-        if tap is not None and (not isinstance(tap, str) or not tap):
-            raise InputError(f"{who}: tap must be a backbone tap name or null, got {tap!r}")
-        self.tap = tap
+        self.tap = check_tap(who, tap)
         self._memories["database"] = DatabaseCodes()
         self._train_labels: Tensor | None = None
 

@@ -195,6 +195,13 @@ def check_choice(who: str, name: str, value: Any, choices: Iterable[str]) -> str
     return value
 
 
+def check_tap(who: str, tap: Any) -> str | None:
+    """A backbone tap name, or None (the method's default tap)."""
+    if tap is not None and (not isinstance(tap, str) or not tap):
+        raise InputError(f"{who}: tap must be a backbone tap name or null, got {tap!r}")
+    return tap
+
+
 def check_names(who: str, name: str, value: Any, none: bool = True) -> list[str] | None:
     """A non-empty list of non-empty strings (backbone tap names), or None when ``none``."""
     if value is None and none:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from hashlearn.errors import InputError
 from hashlearn.methods import register_method
 from hashlearn.methods.base import (
     Batch,
@@ -39,6 +38,7 @@ from hashlearn.methods.base import (
     check_choice,
     check_int,
     check_number,
+    check_tap,
     pool,
     quantization_loss,
 )
@@ -72,9 +72,7 @@ class PooledLinearHead:
         self.activation = check_choice(self.name, "activation", activation, ("none", "tanh"))
         self.head = check_choice(self.name, "head", head, ("linear", "mlp"))
         self.mid_channels = check_int(self.name, "mid_channels", mid_channels, minimum=1)
-        if tap is not None and (not isinstance(tap, str) or not tap):
-            raise InputError(f"{self.name}: tap must be a backbone tap name or null, got {tap!r}")
-        self.tap = tap
+        self.tap = check_tap(self.name, tap)
 
     def taps(self, default_taps: list[str]) -> list[str]:
         return [self.tap] if self.tap else ["pool"]

@@ -54,7 +54,16 @@ from torch import Tensor, nn
 
 from hashlearn.errors import InputError
 from hashlearn.methods import register_method
-from hashlearn.methods.base import Batch, Method, MethodOutput, check_bool, check_choice, check_int, check_number
+from hashlearn.methods.base import (
+    Batch,
+    Method,
+    MethodOutput,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_tap,
+)
 from hashlearn.methods.label_free import PooledHead, pretrained_features
 
 RULES = ("intersection", "union", "released")
@@ -261,9 +270,7 @@ class DSAH(Method):
         self.quant_on_raw = check_bool(who, "quant_on_raw", quant_on_raw)
         self.hidden = check_int(who, "hidden", hidden, minimum=0)
         self.init_std = check_number(who, "init_std", init_std, minimum=1e-12)
-        if tap is not None and (not isinstance(tap, str) or not tap):
-            raise InputError(f"dsah: tap must be a backbone tap name or null, got {tap!r}")
-        self.tap = tap
+        self.tap = check_tap(who, tap)
         self._w: PackedSimilarity | None = None
         #: what the similarity cost and holds (written by the hooks; the bench reads it from the log)
         self._stats: dict[str, Any] = {}

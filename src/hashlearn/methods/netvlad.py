@@ -32,15 +32,36 @@ from torch import Tensor, nn
 
 from hashlearn.errors import InputError
 from hashlearn.methods import register_method
-from hashlearn.methods.base import Batch, Method, MethodOutput, check_bool, check_choice, check_int, check_number
+from hashlearn.methods.base import (
+    Batch,
+    Method,
+    MethodOutput,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_tap,
+)
 from hashlearn.methods.ssdh import check_classes, classification_loss, need_classes
 from hashlearn.nn.vlad import VLAD
 
+VLAD_NORMS = ("scale", "bn", "none")
 
-def check_tap(who: str, tap) -> str | None:
-    if tap is not None and (not isinstance(tap, str) or not tap):
-        raise InputError(f"{who}: tap must be a backbone tap name or null, got {tap!r}")
-    return tap
+
+def set_vlad_settings(method: Method, *, clusters, alpha, normalize_descriptors, tap, kmeans_images,
+                      kmeans_iterations, vlad_norm) -> None:
+    """Check the VLAD settings NetVLAD and RV-SSDH share and set them as ``method``'s attributes of the same
+    names; a bad one is an :class:`InputError` naming the method."""
+    who = method.name
+    method.clusters = check_int(who, "clusters", clusters, minimum=1)
+    method.alpha = check_number(who, "alpha", alpha, minimum=0)
+    if method.alpha <= 0:
+        raise InputError(f"{who}: alpha must be > 0, got {alpha!r}")
+    method.normalize_descriptors = check_bool(who, "normalize_descriptors", normalize_descriptors)
+    method.tap = check_tap(who, tap)
+    method.kmeans_images = check_int(who, "kmeans_images", kmeans_images, minimum=1)
+    method.kmeans_iterations = check_int(who, "kmeans_iterations", kmeans_iterations, minimum=0)
+    method.vlad_norm = check_choice(who, "vlad_norm", vlad_norm, VLAD_NORMS)
 
 
 def vlad_tap(tap: str | None, default_taps: list[str]) -> list[str]:
@@ -122,19 +143,12 @@ class NetVLAD(Method):
                  classification: float = 1.0, vlad_norm: str = "bn", classes: int | None = None, seed: int = 0):
         super().__init__(bits)
         who = self.name
-        self.clusters = check_int(who, "clusters", clusters, minimum=1)
-        self.alpha = check_number(who, "alpha", alpha, minimum=0)
-        if self.alpha <= 0:
-            raise InputError(f"{who}: alpha must be > 0, got {alpha!r}")
-        self.normalize_descriptors = check_bool(who, "normalize_descriptors", normalize_descriptors)
-        self.tap = check_tap(who, tap)
-        self.kmeans_images = check_int(who, "kmeans_images", kmeans_images, minimum=1)
-        self.kmeans_iterations = check_int(who, "kmeans_iterations", kmeans_iterations, minimum=0)
+        set_vlad_settings(self, clusters=clusters, alpha=alpha, normalize_descriptors=normalize_descriptors, tap=tap,
+                          kmeans_images=kmeans_images, kmeans_iterations=kmeans_iterations, vlad_norm=vlad_norm)
         self.codes = check_choice(who, "codes", codes, ("itq", "pca"))
         self.code_samples = check_int(who, "code_samples", code_samples, minimum=2)
         self.itq_iterations = check_int(who, "itq_iterations", itq_iterations, minimum=0)
         self.classification = check_number(who, "classification", classification, minimum=0)
-        self.vlad_norm = check_choice(who, "vlad_norm", vlad_norm, ("scale", "bn", "none"))
         self.classes = check_classes(who, classes)
         self.seed = check_int(who, "seed", seed, minimum=0)
 

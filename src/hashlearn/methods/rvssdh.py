@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from hashlearn.errors import InputError
 from hashlearn.methods import register_method
-from hashlearn.methods.base import Batch, Method, MethodOutput, check_bool, check_choice, check_int, check_number
-from hashlearn.methods.netvlad import VLADRescale, check_tap, kmeans_init, vlad_tap
+from hashlearn.methods.base import Batch, Method, MethodOutput, check_choice, check_int, check_number
+from hashlearn.methods.netvlad import VLADRescale, kmeans_init, set_vlad_settings, vlad_tap
 from hashlearn.methods.ssdh import (
     LatentHash,
     bit_balance,
@@ -91,12 +91,9 @@ class RVSSDH(Method):
                  classes: int | None = None):
         super().__init__(bits)
         who = self.name
-        self.clusters = check_int(who, "clusters", clusters, minimum=1)
-        self.alpha = check_number(who, "alpha", alpha, minimum=0)
-        if self.alpha <= 0:
-            raise InputError(f"{who}: alpha must be > 0, got {alpha!r}")
+        set_vlad_settings(self, clusters=clusters, alpha=alpha, normalize_descriptors=normalize_descriptors, tap=tap,
+                          kmeans_images=kmeans_images, kmeans_iterations=kmeans_iterations, vlad_norm=vlad_norm)
         self.assignment = check_choice(who, "assignment", assignment, ("centres", "conv"))
-        self.normalize_descriptors = check_bool(who, "normalize_descriptors", normalize_descriptors)
         self.transform = check_int(who, "transform", transform, minimum=1)
         self.dropout = check_number(who, "dropout", dropout, minimum=0)
         if self.dropout >= 1:
@@ -107,10 +104,6 @@ class RVSSDH(Method):
         self.classification = check_number(who, "classification", classification, minimum=0)
         self.vlad_seed = check_int(who, "vlad_seed", vlad_seed, minimum=0)
         self.vlad = check_choice(who, "vlad", vlad, ("random", "learned"))
-        self.tap = check_tap(who, tap)
-        self.kmeans_images = check_int(who, "kmeans_images", kmeans_images, minimum=1)
-        self.kmeans_iterations = check_int(who, "kmeans_iterations", kmeans_iterations, minimum=0)
-        self.vlad_norm = check_choice(who, "vlad_norm", vlad_norm, ("scale", "bn", "none"))
         self.classes = check_classes(who, classes)
 
     def taps(self, default_taps: list[str]) -> list[str]:

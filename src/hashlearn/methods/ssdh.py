@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from hashlearn.errors import InputError
 from hashlearn.methods import register_method
-from hashlearn.methods.base import Batch, Method, MethodOutput, check_int, check_number, pool
+from hashlearn.methods.base import Batch, Method, MethodOutput, check_int, check_number, check_tap, pool
 
 
 def check_classes(who: str, classes) -> int | None:
@@ -123,9 +123,7 @@ class SSDH(Method):
         self.dropout = check_number(who, "dropout", dropout, minimum=0)
         if self.dropout >= 1:
             raise InputError(f"{who}: dropout must be below 1, got {dropout!r}")
-        if tap is not None and (not isinstance(tap, str) or not tap):
-            raise InputError(f"{who}: tap must be a backbone tap name or null, got {tap!r}")
-        self.tap = tap
+        self.tap = check_tap(who, tap)
         # a map tap is pooled by the head itself, so a frozen backbone gives it that tap's cached map (the
         # cache the VLAD heads read); the default pooled tap keeps cached pooled vectors
         self.spatial = tap is not None and tap != "pool"

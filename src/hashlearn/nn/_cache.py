@@ -8,6 +8,7 @@
   records the chunk's sha256 in ``progress.json`` (written atomically). A killed process
   loses at most the chunk in flight: the next call re-checks the recorded chunks and
   computes only the rest. A lock file keeps two processes off the same partial folder.
+  :func:`fill_chunks` is the one loop that computes the pending chunks (progress bar, threads).
 * **Finish.** The manifest (key, shapes, dtypes, per-chunk sha256, optionally the sha256 of
   each whole file) is written last and the folder appears with one ``rename``, so a folder
   without ``.partial`` is always complete.
@@ -25,7 +26,8 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +286,31 @@ class ChunkedWriter:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def fill_chunks(writer: ChunkedWriter, compute: Callable[[int, int, Any], None], desc: str, progress: bool,
+                num_threads: int | None) -> tuple[int, float]:
+    """Fill every pending chunk of ``writer``: ``compute(c0, c1, bar)`` writes rows ``c0:c1`` of its arrays
+    (advancing ``bar``, a progress bar or None, per image), then the chunk is committed; torch runs on
+    ``num_threads`` threads. A failure releases the writer (its committed chunks stay for a resume).
+    Returns ``(images computed, seconds)``."""
+    started = time.perf_counter()
+    computed = 0
+    bar = progress_bar(writer.n, desc, progress)
+    if bar is not None:
+        bar.update(writer.n - sum(c1 - c0 for c0, c1 in writer.pending()))  # resumed chunks
+    try:
+        with torch_threads(num_threads):
+            for c0, c1 in writer.pending():
+                compute(c0, c1, bar)
+                writer.commit(c0, c1)
+                computed += c1 - c0
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer.pending():
+            writer.close()
+    return computed, time.perf_counter() - started
 
 
 def read_manifest(folder: Path, expected_key: dict, what: str) -> dict:

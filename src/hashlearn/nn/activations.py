@@ -243,23 +243,12 @@ def extract_activations(
         if writer.finished:
             writer.close()
             return ActivationCache(final, cache_key)
-        started = time.perf_counter()
-        computed = 0
-        bar = _cache.progress_bar(n, f"{name} {net.name} {size}px → {tap}", progress)
-        if bar is not None:
-            bar.update(n - sum(c1 - c0 for c0, c1 in writer.pending()))
-        try:
-            with _cache.torch_threads(num_threads):
-                for c0, c1 in writer.pending():
-                    _run_chunk(net, images, c0, c1, size, batch_size, tap, flip, writer.arrays[ARRAY], device, bar)
-                    writer.commit(c0, c1)
-                    computed += c1 - c0
-        finally:
-            if bar is not None:
-                bar.close()
-            if writer.pending():
-                writer.close()
-        seconds = time.perf_counter() - started
+
+        def compute(c0: int, c1: int, bar) -> None:
+            _run_chunk(net, images, c0, c1, size, batch_size, tap, flip, writer.arrays[ARRAY], device, bar)
+
+        computed, seconds = _cache.fill_chunks(writer, compute, f"{name} {net.name} {size}px → {tap}", progress,
+                                               num_threads)
         rate = round(computed / seconds, 2) if computed else None
         if progress:
             print(f"activations {final.name}: {computed} images computed in {seconds:.1f} s ({rate} images/s), "

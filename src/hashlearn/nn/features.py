@@ -133,25 +133,13 @@ def extract_features(
         writer.close()
         return _load_cached(final, cache_key)
     np_dtype = np.dtype(dtype)
-    started = time.perf_counter()
-    computed = 0
-    bar = _cache.progress_bar(n, f"{name} {net.name} {size}px", progress)
-    if bar is not None:
-        bar.update(n - sum(c1 - c0 for c0, c1 in writer.pending()))  # resumed chunks
-    try:
-        with _cache.torch_threads(num_threads):
-            for c0, c1 in writer.pending():
-                chunk = _run_chunk(net, images, c0, c1, size, batch_size, out_taps, pooling, np_dtype, bar)
-                for t in out_taps:
-                    writer.arrays[t][c0:c1] = chunk[t]
-                writer.commit(c0, c1)
-                computed += c1 - c0
-    finally:
-        if bar is not None:
-            bar.close()
-        if writer.pending():
-            writer.close()
-    seconds = time.perf_counter() - started
+
+    def compute(c0: int, c1: int, bar) -> None:
+        chunk = _run_chunk(net, images, c0, c1, size, batch_size, out_taps, pooling, np_dtype, bar)
+        for t in out_taps:
+            writer.arrays[t][c0:c1] = chunk[t]
+
+    computed, seconds = _cache.fill_chunks(writer, compute, f"{name} {net.name} {size}px", progress, num_threads)
     if progress:
         rate = computed / seconds if computed else float("nan")
         print(f"features {final.name}: {computed} images computed in {seconds:.1f} s ({rate:.1f} images/s)",

@@ -2,37 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
-    return value
-
-
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of MiB, got {text!r}") from None
-    if not 0 < value <= 4096:
-        raise argparse.ArgumentTypeError(f"expected more than 0 and at most 4096 MiB, got {text}")
-    return value
+from hashlearn._argtypes import int_arg, positive_float_arg
 
 
 def register(sub) -> None:
@@ -49,16 +19,17 @@ def register(sub) -> None:
     p.add_argument("--collection", required=True, metavar="COLLECTION",
                    help="collection folder (hashlearn index build)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=_positive_int, default=1,
+    p.add_argument("--port", type=int_arg(0, 65535), default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int_arg(1), default=1,
                    help="worker processes, each with the model and the index in memory (default 1)")
-    p.add_argument("--threads", type=_positive_int, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--threads", type=int_arg(1), help="torch threads per worker (default: cores / workers)")
     p.add_argument("--uploads", metavar="DIR", help="where added images are kept (default COLLECTION/uploads)")
-    p.add_argument("--max-upload-mb", type=_megabytes, default=16.0, help="largest request body in MiB (default 16)")
-    p.add_argument("--max-pixels", type=_positive_int,
+    p.add_argument("--max-upload-mb", type=positive_float_arg(4096), default=16.0,
+                   help="largest request body in MiB (default 16)")
+    p.add_argument("--max-pixels", type=int_arg(1),
                    help="largest image in pixels (default: $HASHLEARN_MAX_IMAGE_PIXELS, else 100 million)")
-    p.add_argument("--max-k", type=_positive_int, default=1000, help="largest k a search may ask for (default 1000)")
-    p.add_argument("--max-files", type=_positive_int, default=32,
+    p.add_argument("--max-k", type=int_arg(1), default=1000, help="largest k a search may ask for (default 1000)")
+    p.add_argument("--max-files", type=int_arg(1), default=32,
                    help="images or codes in one request at most (default 32)")
     p.add_argument("--batch-wait-ms", type=float, default=3.0,
                    help="how long a micro-batch waits for requests being decoded (default 3 ms)")

@@ -476,19 +476,12 @@ class Service:
 
 def describe_error(exc: BaseException) -> tuple[int, str]:
     """``(HTTP status, one-line message)`` for an error raised while answering a request."""
-    from hashlearn.index.collection import CollectionLockedError, DamagedCollectionError, ReadOnlyCollectionError
+    from hashlearn.index.collection import ReadOnlyCollectionError
 
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, NotFoundError):
-        return 404, msg
-    if isinstance(exc, InputError):
-        return 400, msg
-    if isinstance(exc, ReadOnlyCollectionError):
-        return 403, msg
-    if isinstance(exc, CollectionLockedError):
-        return 503, msg
-    if isinstance(exc, DamagedCollectionError):
-        return 503, msg
-    if isinstance(exc, HashlearnError):
-        return 503, msg
+    # the first kind that matches; any other HashlearnError (a locked or damaged collection, ...) is 503
+    statuses = ((NotFoundError, 404), (InputError, 400), (ReadOnlyCollectionError, 403), (HashlearnError, 503))
+    for kind, status in statuses:
+        if isinstance(exc, kind):
+            return status, msg
     return 500, "internal error (a bug; the server's log has the traceback)"

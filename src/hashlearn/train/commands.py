@@ -4,32 +4,9 @@ time)."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-
-def _int_arg(lo: int, hi: int | None = None):
-    """argparse type: an integer in [lo, hi]; anything else is a one-line usage error naming the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lo or (hi is not None and value > hi):
-            span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
-            raise argparse.ArgumentTypeError(f"expected an integer {span}, got {text!r}")
-        return value
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+from hashlearn._argtypes import int_arg, positive_float_arg
 
 
 def _bits_arg(text: str) -> list[int]:
@@ -53,7 +30,7 @@ def _threads_arg(text: str) -> str | int:
     if text == "auto":
         return text
     try:
-        return _int_arg(1, 4096)(text)
+        return int_arg(1, 4096)(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected auto or an integer from 1 to 4096, got {text!r}") from None
 
@@ -81,17 +58,17 @@ def register(sub) -> None:
     p.add_argument("--finetune-from", metavar="TAP",
                    help="fine-tune above the backbone tap TAP: the part below runs once over the dataset (its maps "
                         "are cached and shared), the part above trains with the heads (finetune_from)")
-    p.add_argument("--epochs", type=_int_arg(1, 100_000))
-    p.add_argument("--batch-size", type=_int_arg(2))
-    p.add_argument("--lr", type=_positive_float, help="learning rate of the heads (optim.lr)")
-    p.add_argument("--image-size", type=_int_arg(8, 1024))
-    p.add_argument("--limit", type=_int_arg(1), help="at most N images of each split (quick runs)")
+    p.add_argument("--epochs", type=int_arg(1, 100_000))
+    p.add_argument("--batch-size", type=int_arg(2))
+    p.add_argument("--lr", type=positive_float_arg(), help="learning rate of the heads (optim.lr)")
+    p.add_argument("--image-size", type=int_arg(8, 1024))
+    p.add_argument("--limit", type=int_arg(1), help="at most N images of each split (quick runs)")
     p.add_argument("--config", help="YAML file of settings (see hashlearn/configs/default.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set optim.lr=1e-3 --set method_args.focal_gamma=2 (repeatable)")
     p.add_argument("--out", help="output folder (default runs/METHOD-DATASET): new, empty, or an earlier "
                                   "training output, which is resumed")
-    p.add_argument("--seed", type=_int_arg(0, 2**32 - 1))
+    p.add_argument("--seed", type=int_arg(0, 2**32 - 1))
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
@@ -121,15 +98,15 @@ def register(sub) -> None:
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--dataset", help="force a dataset: cifar10, fashion-mnist or digits")
     d.add_argument("--quick", action="store_true", help="a shortened run (small subsets, 1 epoch)")
-    d.add_argument("--epochs", type=_int_arg(1, 100_000), help="training epochs (default 6; 1 with --quick)")
-    d.add_argument("--database", type=_int_arg(0), default=0,
+    d.add_argument("--epochs", type=int_arg(1, 100_000), help="training epochs (default 6; 1 with --quick)")
+    d.add_argument("--database", type=int_arg(0), default=0,
                    help="encode and search only a seeded random N of the protocol's database (default 0 = all)")
-    d.add_argument("--limit", type=_int_arg(1), help="at most N images of each split")
+    d.add_argument("--limit", type=int_arg(1), help="at most N images of each split")
     d.add_argument("--methods", help="comma-separated methods (default: those of hashlearn/configs/demo.yaml)")
     d.add_argument("--bits", type=_one_bits_arg, help="code length from 8 to 1024 (default: demo.yaml's, 32)")
     d.add_argument("--threads", type=_threads_arg, default="auto",
                    help="torch CPU threads: auto (1 when the CPU is already busy, else torch's default) or N")
-    d.add_argument("--seed", type=_int_arg(0, 2**32 - 1), default=0)
+    d.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0)
     d.set_defaults(func=cmd_demo)
 
     from hashlearn.train import attention_map, export  # `attention`, `export` (standard library at import)

@@ -9,7 +9,8 @@ paths and labels, or into decoded pixels, and hands them to one of two methods:
   (``"auto"``: grey when every image is single-channel), into the array ``alloc`` supplies
   (memory checked before allocating, or a memmap on disk checked against the free space);
 * :meth:`Load.from_arrays` — pixels a builder decoded itself (idx files, pickles, scikit-learn),
-  resized by the one rule into the array ``alloc`` supplies.
+  resized by the one rule into the array ``alloc`` supplies (:meth:`Load.from_parts`: the same for
+  pixels decoded file by file, ids ``file:i``).
 
 Both keep the labels, ids and official splits aligned with the images that were kept and build
 the :class:`ImageDataset` with its provenance (``info["source"]``, ``info["skipped"]``).
@@ -149,6 +150,27 @@ class Load:
             official_split=None if official_split is None else np.array(official_split),
             name=self.name,
             info={"source": source, **(info or {}), "skipped": []},
+        )
+
+    def from_parts(
+        self,
+        parts: Sequence[tuple[str, str, np.ndarray, np.ndarray]],
+        *,
+        class_names: list[str],
+        source: str,
+        info: dict[str, Any] | None = None,
+    ) -> ImageDataset:
+        """:meth:`from_arrays` of files a builder decoded one by one (CIFAR-10 batches, idx pairs): each part is
+        ``(name, official split, uint8 images, class indices)``; image ``i`` of part ``name`` gets the id
+        ``"name:i"``."""
+        return self.from_arrays(
+            np.concatenate([images for _, _, images, _ in parts]),
+            labels=np.concatenate([labels.astype(np.int64) for _, _, _, labels in parts]),
+            class_names=class_names,
+            ids=[f"{name}:{i}" for name, _, images, _ in parts for i in range(len(images))],
+            official_split=[split for _, split, images, _ in parts for _ in range(len(images))],
+            source=source,
+            info=info,
         )
 
 

@@ -95,7 +95,7 @@ def load_cifar10_pickles(load: Load, source: Path) -> ImageDataset:
         if names is None or isinstance(names, (str, bytes)) or not hasattr(names, "__len__") or len(names) == 0:
             raise InputError(f"{where}: expected a 'label_names' list of class names")
         class_names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
-    parts, labels, ids, splits = [], [], [], []
+    parts = []
     for b in batches:
         where = tree.where(by_name[b])
         d = _unpickle(tree.read(by_name[b]), where)
@@ -123,19 +123,9 @@ def load_cifar10_pickles(load: Load, source: Path) -> ImageDataset:
             raise InputError(
                 f"{where}: label {batch_labels[i]} of image {i} is not a class index 0..{len(class_names) - 1}"
             )
-        parts.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(batch_labels.astype(np.int64))
-        ids += [f"{b}:{i}" for i in range(len(data))]
-        splits += ["test" if b == "test_batch" else "train"] * len(data)
-    return load.from_arrays(
-        np.concatenate(parts),
-        labels=np.concatenate(labels),
-        class_names=class_names,
-        ids=ids,
-        official_split=splits,
-        source=str(source),
-        info={"format": "cifar-10-python"},
-    )
+        split = "test" if b == "test_batch" else "train"
+        parts.append((b, split, data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), batch_labels))
+    return load.from_parts(parts, class_names=class_names, source=str(source), info={"format": "cifar-10-python"})
 
 
 def download_cifar10(dest_dir: Path, url: str | None = None, md5: str | None = None) -> Path:

@@ -54,7 +54,7 @@ def load_idx_folder(load: Load, source: Path, *, class_names: list[str]) -> Imag
     """The standard idx files of a folder; each split with both images and labels is loaded."""
     if not source.is_dir():
         raise InputError(f"{source}: expected a folder holding *-images-idx3-ubyte(.gz) files")
-    parts, labels, ids, splits, ignored = [], [], [], [], []
+    parts, ignored = [], []
     for prefix, split in (("train", "train"), ("t10k", "test")):
         images_path, labels_path = _find_idx(source, prefix, "images"), _find_idx(source, prefix, "labels")
         if images_path is None or labels_path is None:
@@ -63,21 +63,10 @@ def load_idx_folder(load: Load, source: Path, *, class_names: list[str]) -> Imag
         imgs, labs = read_idx(images_path), read_idx(labels_path)
         if imgs.ndim != 3 or labs.ndim != 1 or len(imgs) != len(labs):
             raise InputError(f"{images_path}: {imgs.shape} images do not match {labs.shape} labels in {labels_path}")
-        parts.append(imgs[..., None])
-        labels.append(labs.astype(np.int64))
-        ids += [f"{split}:{i}" for i in range(len(imgs))]
-        splits += [split] * len(imgs)
+        parts.append((split, split, imgs[..., None], labs))
     if not parts:
         raise InputError(f"{source}: no idx image file with its label file (train-*/t10k-*) found")
-    return load.from_arrays(
-        np.concatenate(parts),
-        labels=np.concatenate(labels),
-        class_names=class_names,
-        ids=ids,
-        official_split=splits,
-        source=str(source),
-        info={"ignored_without_pair": ignored},
-    )
+    return load.from_parts(parts, class_names=class_names, source=str(source), info={"ignored_without_pair": ignored})
 
 
 # MNIST-like sets are evaluated in the hashing literature with CIFAR-10's protocol I (100 queries and
