@@ -93,7 +93,8 @@ def register(sub) -> None:
         help="end-to-end demo: train the methods of hashlearn/configs/demo.yaml on a real dataset, evaluate, plot",
         description="Runs offline: Fashion-MNIST (Debian dataset-fashion-mnist) or scikit-learn digits, or "
                     "CIFAR-10 when HASHLEARN_DATA holds it. Prints the mAP table; writes a precision-recall "
-                    "plot and a picture of queries with their top-10 results.",
+                    "plot and a picture of queries with their top-10 results, and builds a collection of database "
+                    "images to browse with hashlearn serve (the command is printed last).",
     )
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--dataset", help="force a dataset: cifar10, fashion-mnist or digits")
@@ -102,6 +103,8 @@ def register(sub) -> None:
     d.add_argument("--database", type=int_arg(0), default=0,
                    help="encode and search only a seeded random N of the protocol's database (default 0 = all)")
     d.add_argument("--limit", type=int_arg(1), help="at most N images of each split")
+    d.add_argument("--collection", type=int_arg(0), metavar="N",
+                   help="database images in the collection to browse (default 2000; 200 with --quick; 0: none)")
     d.add_argument("--methods", help="comma-separated methods (default: those of hashlearn/configs/demo.yaml)")
     d.add_argument("--bits", type=_one_bits_arg, help="code length from 8 to 1024 (default: demo.yaml's, 32)")
     d.add_argument("--threads", type=_threads_arg, default="auto",
@@ -223,5 +226,6 @@ def cmd_demo(args) -> int:
 
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     run_demo(out=args.out, dataset=args.dataset, quick=args.quick, epochs=args.epochs, limit=args.limit,
-             methods=methods, bits=args.bits, seed=args.seed, database=args.database, threads=args.threads)
+             methods=methods, bits=args.bits, seed=args.seed, database=args.database, threads=args.threads,
+             collection=args.collection)
     return 0

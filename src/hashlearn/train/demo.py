@@ -19,11 +19,23 @@ slower machines), evaluates, prints the table (with the chance level of a random
 writes ``pr_curves.png`` (precision–recall and precision@N) and ``queries.png`` (5 queries with
 their top-10 results, right/wrong marked). ``--quick`` shortens everything (subsets, one epoch)
 for tests.
+
+Last, it makes the first method's run browsable: a seeded sample of the database it encoded
+(``--collection N``, default 2,000; all when fewer) is written as PNG files to
+``collection-images/`` and built, with the codes the run saved for them and the class names as
+labels, into the collection ``collection/`` (:meth:`Collection.build`, as ``hashlearn index
+build`` does; a collection item carries its image's path, so nothing is encoded twice). The last
+line printed is the ``hashlearn serve`` command that opens it. A re-run replaces that collection
+and those images, and refuses (before training) when they hold anything the demo did not write.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,23 +57,132 @@ def demo_plan() -> dict:
     return packaged_config("demo")
 
 
-#: what a demo writes into its --out folder (besides one folder per method)
+#: database images in the browsable collection of the first method's run (a seeded random sample; all
+#: when fewer; 0 = no collection), and with --quick
+DEMO_COLLECTION, QUICK_COLLECTION = 2000, 200
+
+#: what a demo writes into its --out folder (besides one folder per method and the collection's two folders)
 DEMO_FILES = ("pr_curves.png", "queries.png", "summary.md", "demo.json")
+COLLECTION_DIR, COLLECTION_IMAGES = "collection", "collection-images"
+_IMAGE_NAME = re.compile(r"\d{5,}\.png")  # the names the demo gives the collection's images
 
 
 def check_demo_out(out: Path, methods) -> None:
     """``demo --out`` must be new, empty or an earlier demo output: the demo never writes its
-    files (or method folders) into a folder of other things."""
+    files (or method folders) into a folder of other things, and replaces only the collection
+    and images it wrote itself (:func:`check_own_collection`)."""
     if not out.exists():
         return
     if not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     if (out / "demo.json").is_file():
+        check_own_collection(out)
         return
     others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES and p.name not in methods)
     if others:
         raise InputError(f"--out {out}: the folder exists, is not empty and is not a hashlearn demo output (it holds "
                          f"{others[0]!r}{' and more' if len(others) > 1 else ''}); pick a new or empty folder")
+
+
+def check_own_collection(out: Path) -> None:
+    """Refuse (one line) when ``OUT/collection-images`` holds anything but image files the demo names
+    (``00000.png``, ...) or ``OUT/collection`` is not, item for item, the collection that ``OUT/demo.json``
+    records: a re-run deletes those two folders, and a command deletes only what it wrote."""
+    from hashlearn.index.collection import _BUILD_FILES
+
+    images, coll = out / COLLECTION_IMAGES, out / COLLECTION_DIR
+    move = "; move it away or pick another --out (a re-run replaces only what the demo wrote)"
+    if images.exists() or images.is_symlink():
+        if images.is_symlink() or not images.is_dir():
+            raise InputError(f"{images}: not a folder of the demo's images{move}")
+        other = next((e.name for e in os.scandir(images)
+                      if not (_IMAGE_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False))), None)
+        if other is not None:
+            raise InputError(f"{images}: holds {other!r}, which the demo did not write{move}")
+    if not (coll.exists() or coll.is_symlink()):
+        return
+    if coll.is_symlink() or not coll.is_dir():
+        raise InputError(f"{coll}: not the collection the demo built{move}")
+    other = next((e.name for e in os.scandir(coll)
+                  if not (_BUILD_FILES.fullmatch(e.name) and e.is_file(follow_symlinks=False))), None)
+    if other is not None:
+        raise InputError(f"{coll}: holds {other!r}, which the demo did not write{move}")
+    try:
+        recorded = json.loads((out / "demo.json").read_text()).get("collection") or {}
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    try:
+        same = recorded.get("sha256") is not None and collection_digest(coll) == recorded["sha256"]
+    except HashlearnError:
+        same = False
+    if not same:
+        raise InputError(f"{coll}: not the collection the demo built (its items differ from what demo.json "
+                         f"records){move}")
+
+
+def collection_digest(path) -> str:
+    """sha256 of a collection's items in id order: ids, codes, paths and labels."""
+    from hashlearn.index.collection import Collection
+
+    with Collection.open(path, readonly=True) as coll:
+        packed, ids = coll.read()
+        order = np.argsort(ids, kind="stable")
+        packed, ids = packed[order], ids[order]
+        meta = coll.metadata(ids)
+    digest = hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(packed).tobytes())
+    digest.update(json.dumps([[meta[int(i)]["path"], meta[int(i)]["label"]] for i in ids]).encode())
+    return digest.hexdigest()
+
+
+def remove_own_collection(out: Path) -> None:
+    """Delete the collection and images an earlier demo wrote into ``out`` (checked again first)."""
+    check_own_collection(out)
+    coll, images = out / COLLECTION_DIR, out / COLLECTION_IMAGES
+    if coll.is_dir():
+        (coll / "collection.sqlite").unlink(missing_ok=True)  # its items first: the rest is no collection
+        for entry in os.scandir(coll):
+            os.unlink(entry.path)
+        coll.rmdir()
+    if images.is_dir():
+        for entry in os.scandir(images):
+            os.unlink(entry.path)
+        images.rmdir()
+
+
+def build_collection(out: Path, ds, codes, positions, size: int, seed: int) -> dict:
+    """``OUT/collection-images`` (a seeded random ``size`` of the images at dataset ``positions``, all
+    when fewer, as PNG files ``00000.png``, ...) and ``OUT/collection`` (their ``codes``, the run's
+    :class:`~hashlearn.codes.CodeSet` of those positions, with ids 0, 1, ... in file order, the
+    files' names as paths and the class names as labels, as ``hashlearn encode --images`` and
+    ``hashlearn index build --labels`` would make it). Returns what ``demo.json`` records."""
+    from PIL import Image
+
+    from hashlearn.index.collection import Collection
+
+    remove_own_collection(out)
+    pick = np.sort(np.random.default_rng(seed).choice(len(positions), size=min(size, len(positions)),
+                                                     replace=False))
+    images = out / COLLECTION_IMAGES
+    images.mkdir()
+    names, labels = [], []
+    for n, i in enumerate(positions[pick]):
+        pixels = np.asarray(ds.images[i])
+        names.append(f"{n:05d}.png")
+        Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(images / names[-1])
+        labels.append(_label_name(ds, i))
+    Collection.build(out / COLLECTION_DIR, codes.bits, codes.packed[pick], ids=np.arange(len(pick)), paths=names,
+                     labels=labels, root=images).close()
+    return {"items": len(pick), "sha256": collection_digest(out / COLLECTION_DIR)}
+
+
+def _label_name(ds, position: int) -> str:
+    """The class name(s) of image ``position`` (multi-label: the names of its classes, comma-separated)."""
+    label = np.asarray(ds.labels[position])
+    names = getattr(ds, "class_names", None)
+    names = [] if names is None else list(names)
+    classes = np.flatnonzero(label).tolist() if label.ndim else [int(label)]
+    return ",".join(names[c] if c < len(names) else str(c) for c in classes)
 
 
 def _say(text: str) -> None:
@@ -121,9 +242,12 @@ def demo_config(dataset: str, method: str, bits: int, epochs: int, limit: int | 
 
 def run_demo(out: str | Path = "runs/demo", dataset: str | None = None, quick: bool = False,
              epochs: int | None = None, limit: int | None = None, methods=None, bits: int | None = None,
-             seed: int = 0, database: int | None = DEMO_DATABASE, threads: int | str | None = "auto") -> dict:
-    """Run the demo; returns ``{"dataset", "results": {method: metrics}, "files": [...], "seconds"}``.
-    ``methods`` / ``bits`` / ``epochs`` default to ``configs/demo.yaml``'s."""
+             seed: int = 0, database: int | None = DEMO_DATABASE, threads: int | str | None = "auto",
+             collection: int | None = None) -> dict:
+    """Run the demo; returns ``{"dataset", "results": {method: metrics}, "files": [...], "collection",
+    "serve", "seconds"}``. ``methods`` / ``bits`` / ``epochs`` default to ``configs/demo.yaml``'s;
+    ``collection`` (images in the browsable collection) to :data:`DEMO_COLLECTION` (``quick``:
+    :data:`QUICK_COLLECTION`), 0 for none."""
     from hashlearn.eval import evaluate, plot_curves
     from hashlearn.train.run import make_split, summary_markdown, train
     from hashlearn.train.runfolder import probe_writable, write_json_atomic, write_text_atomic
@@ -183,17 +307,32 @@ def run_demo(out: str | Path = "runs/demo", dataset: str | None = None, quick: b
     files.append(_query_picture(ds, *evals[first][1:], out / "queries.png", title=first))
     table = summary_markdown(list(results.values()))
     write_text_atomic(out / "summary.md", table + "\n")
+    size = (QUICK_COLLECTION if quick else DEMO_COLLECTION) if collection is None else collection
+    browse = serve = None
+    if size:
+        t1 = time.perf_counter()
+        run = out / first / Path(results[first]["run_dir"]).name
+        browse = build_collection(out, ds, evals[first][2], evals[first][4], size, seed)
+        browse.update(run=str(run.relative_to(out)), seconds=round(time.perf_counter() - t1, 2))
+        serve = f"hashlearn serve --run {shlex.quote(str(run))} --collection {shlex.quote(str(out / COLLECTION_DIR))}"
+    else:
+        remove_own_collection(out)  # one of an earlier demo was encoded by runs this demo has replaced
     seconds = time.perf_counter() - t0
     summary = {"dataset": name, "protocol": description, "bits": bits, "epochs": epochs, "limit": limit,
                "seconds": round(seconds, 1),
                "results": {k: {kk: v[kk] for kk in v if kk.startswith(("mAP@", "P@r", "training_seconds"))}
                            for k, v in results.items()},
-               "files": [str(f) for f in files]}
+               "files": [str(f) for f in files], "collection": browse, "serve": serve}
     write_json_atomic(out / "demo.json", summary)
     print(f"\nhashlearn demo — {name}, {description}, {bits} bits, smallcnn, {epochs} epoch(s)\n")
     print(table)
-    print(f"\nplots: {files[0]}, {files[1]}\nruns:  {', '.join(str(out / m) for m in results)}\n"
-          f"done in {seconds:.0f} s; outputs in {out.resolve()}")
+    print(f"\nplots: {files[0]}, {files[1]}\nruns:  {', '.join(str(out / m) for m in results)}")
+    if browse:
+        print(f"collection: {out / COLLECTION_DIR} ({browse['items']:,} database images of {first}'s run, labelled; "
+              f"image files in {out / COLLECTION_IMAGES})")
+    print(f"done in {seconds:.0f} s; outputs in {out.resolve()}")
+    if serve:
+        print(f"\nbrowse the results: {serve}  (then open http://127.0.0.1:8000/)")
     return summary
 
 
