@@ -187,7 +187,7 @@ def _members(run_dir: Path, hasher, config) -> tuple[dict[str, bytes], dict]:
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "hashlearn_version": __version__,
         "kind": hasher.kind, "method": hasher.method, "bits": hasher.bits, "backbone": backbone,
         "image_size": hasher.image_size, "channels": hasher.channels,
-        "dataset": metrics.get("dataset", config.dataset), "protocol": protocol,
+        "dataset": metrics["dataset"] if "dataset" in metrics else config.dataset, "protocol": protocol,
         "metrics": _headline_metrics(metrics),
         "run_fingerprint": hasher.fingerprint, "source_weights": source.name,
         "source_weights_sha256": file_digest(source),
@@ -323,7 +323,8 @@ def model_card(manifest: dict, members: dict[str, bytes], out: Path, command: st
     lines += ["", "## Retrieval metrics", ""]
     table = [(k, v) for k, v in figures.items() if "@" in k]
     if table:
-        lines += [f"Queries against the database of the protocol ({metrics.get('ties', 'expected')} ties, "
+        ties = metrics.get("ties") or (config.get("eval") or {}).get("ties")
+        lines += [f"Queries against the database of the protocol ({ties} ties, "
                   f"relevance: {metrics.get('relevance', 'same class')}).", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in table]
     else:
