@@ -541,6 +541,16 @@ def protocol_params(name: str) -> list[str]:
     return [p.name for p in inspect.signature(factory).parameters.values() if p.kind in kinds]
 
 
+def class_index(protocol: str, c: Any, ds: ImageDataset) -> int:
+    """The index of class ``c`` (a class name or an index) of ``ds``; anything else is one line."""
+    if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < ds.n_classes:
+        return int(c)
+    if isinstance(c, str) and c in ds.class_names:
+        return ds.class_names.index(c)
+    raise InputError(f"protocol {protocol!r}: class {c!r} is not a class of {ds.name} (its classes: "
+                     f"{', '.join(ds.class_names)}; or an index 0..{ds.n_classes - 1})")
+
+
 class ClassSubset(Protocol):
     """Any protocol applied to the images of some classes only (``protocol_args: {classes: [...]}``,
     class names or indices; single-label data): e.g. Fashion-MNIST's five upper-body garment classes
@@ -558,15 +568,7 @@ class ClassSubset(Protocol):
 
     def resolve(self, ds: ImageDataset) -> np.ndarray:
         """The kept class indices, sorted."""
-        out = []
-        for c in self.params["classes"]:
-            if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < ds.n_classes:
-                out.append(int(c))
-            elif isinstance(c, str) and c in ds.class_names:
-                out.append(ds.class_names.index(c))
-            else:
-                raise InputError(f"protocol {self.name!r}: class {c!r} is not a class of {ds.name} (its classes: "
-                                 f"{', '.join(ds.class_names)}; or an index 0..{ds.n_classes - 1})")
+        out = [class_index(self.name, c, ds) for c in self.params["classes"]]
         if len(set(out)) != len(out):
             raise InputError(f"protocol {self.name!r}: classes {self.params['classes']!r} names a class twice")
         return np.array(sorted(out), dtype=np.int64)
@@ -618,7 +620,7 @@ class TrainClassFraction(Protocol):
         kept = inner.train
         rng = np.random.default_rng([int(seed), 0x1B])  # its own stream: the inner split is unchanged
         for c, fraction in self.params["train_class_fraction"].items():
-            index = ClassSubset(self.inner, [c]).resolve(ds)[0]
+            index = class_index(self.name, c, ds)
             members = kept[labels[kept] == index]
             keep = max(1, _round(len(members) * float(fraction))) if len(members) else 0
             drop = np.setdiff1d(members, rng.choice(members, keep, replace=False)) if len(members) else members

@@ -84,6 +84,20 @@ def check_demo_out(out: Path, methods) -> None:
                          f"{others[0]!r}{' and more' if len(others) > 1 else ''}); pick a new or empty folder")
 
 
+def _only_own_files(folder: Path, names: re.Pattern, not_ours: str, move: str) -> bool:
+    """Whether ``folder`` exists; refuse (one line) a link, a non-folder, or an entry that is not a plain
+    file named as the demo names them (``names``)."""
+    if not (folder.exists() or folder.is_symlink()):
+        return False
+    if folder.is_symlink() or not folder.is_dir():
+        raise InputError(f"{folder}: {not_ours}{move}")
+    other = next((e.name for e in os.scandir(folder)
+                  if not (names.fullmatch(e.name) and e.is_file(follow_symlinks=False))), None)
+    if other is not None:
+        raise InputError(f"{folder}: holds {other!r}, which the demo did not write{move}")
+    return True
+
+
 def check_own_collection(out: Path) -> None:
     """Refuse (one line) when ``OUT/collection-images`` holds anything but image files the demo names
     (``00000.png``, ...) or ``OUT/collection`` is not, item for item, the collection that ``OUT/demo.json``
@@ -92,21 +106,9 @@ def check_own_collection(out: Path) -> None:
 
     images, coll = out / COLLECTION_IMAGES, out / COLLECTION_DIR
     move = "; move it away or pick another --out (a re-run replaces only what the demo wrote)"
-    if images.exists() or images.is_symlink():
-        if images.is_symlink() or not images.is_dir():
-            raise InputError(f"{images}: not a folder of the demo's images{move}")
-        other = next((e.name for e in os.scandir(images)
-                      if not (_IMAGE_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False))), None)
-        if other is not None:
-            raise InputError(f"{images}: holds {other!r}, which the demo did not write{move}")
-    if not (coll.exists() or coll.is_symlink()):
+    _only_own_files(images, _IMAGE_NAME, "not a folder of the demo's images", move)
+    if not _only_own_files(coll, _BUILD_FILES, "not the collection the demo built", move):
         return
-    if coll.is_symlink() or not coll.is_dir():
-        raise InputError(f"{coll}: not the collection the demo built{move}")
-    other = next((e.name for e in os.scandir(coll)
-                  if not (_BUILD_FILES.fullmatch(e.name) and e.is_file(follow_symlinks=False))), None)
-    if other is not None:
-        raise InputError(f"{coll}: holds {other!r}, which the demo did not write{move}")
     try:
         recorded = json.loads((out / "demo.json").read_text()).get("collection") or {}
     except (OSError, ValueError, AttributeError):
