@@ -53,7 +53,7 @@ SETS = {
         "cut": "stage5",
         "folder": lambda v: RUNS / f"cifar10-1-ft-stage5-{v}",
         "common": ["--dataset", "cifar10", "--protocol", "cifar10-1", "--backbone", "efficientnet_lite0",
-                   "--image-size", "96", "--seed", "0", "--finetune-from", "stage5", "--set", "train.threads=2"],
+                   "--image-size", "96", "--seed", "0", "--finetune-from", "stage5", "--set", "train.threads=1"],
         "bits": [48, 12, 24, 36],
         "epochs": EPOCHS,
         "baselines": {"dpsh": "DPSH as published (pairs against U of all training images), one linear layer; "

@@ -7,16 +7,25 @@ on validation in ``cifar10-1-lite0-finetune``): the pooled frozen-feature cache 
 dataset is not on this machine (44 min to rebuild on the shared CPU), the stage5 maps are. The
 methods (dsah, bcdh, ssdh-u, greedyhash-u, bihalf) run at 16, 32 and 64 bits, the DSAH ablations
 (AND off, PIC 0, and the AND update with γ = 1 before the epochs model selection sees) at 32 bits.
+The shallow baselines (LSH, PCAH, ITQ, SH) are fitted, without labels, on the 4,500 training images'
+pooled pretrained features: the ImageNet layers above ``stage5`` in eval mode on the cached maps,
+pooled (the ``pool`` tap, 1280-d: what the label-free methods' heads read before their first step),
+computed once for every image into ``runs/cifar10-1-unsup-shallow/pool_features.npy``.
 This script prints and runs the commands, then writes ``docs/results/cifar10-1-unsupervised.{md,json}``
 from the run folders::
 
     python bench/unsupervised.py run --jobs 2 [--only dsah,bcdh] [--dry-run]   # the missing runs
+    python bench/unsupervised.py shallow [--limit N --out DIR]                   # lsh, pcah, itq, sh
     python bench/unsupervised.py report                                          # the results files
 
 ``run`` skips the runs whose ``<N>bits/metrics.json`` exists, 32 bits first, then 16, then 64;
 ``--jobs 2`` runs two at once (each with ``train.threads=1``); ``--dry-run`` prints the commands
-only. Run folders: ``runs/cifar10-1-unsup-*`` (git-ignored). DSAH's similarity memory, positives
-and AND updates are read from its ``dsah_similarity.jsonl`` (written by the method's hooks).
+only. ``shallow`` fits every shallow method at every code length and writes
+``runs/cifar10-1-unsup-shallow/<method>/<N>bits/metrics.json`` (what ``report`` reads of a deep run, fit
+seconds as ``training_seconds``); ``--limit N`` (a test: at most N images per split part, the rule of
+``hashlearn train --set data.limit=N``) needs ``--out`` elsewhere. Run folders: ``runs/cifar10-1-unsup-*``
+(git-ignored). DSAH's similarity memory, positives and AND updates are read from its
+``dsah_similarity.jsonl`` (written by the method's hooks).
 """
 
 from __future__ import annotations
@@ -25,7 +34,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ath import run_all  # noqa: E402
@@ -68,6 +80,17 @@ VARIANTS = {
 #: the methods, run at every code length of ALL_BITS and ranked per length; the other variants at BITS only
 METHODS = ("dsah", "ssdh-u", "greedyhash-u", "bihalf", "bcdh")
 ORDER = [*METHODS, "dsah-no-and", "dsah-pic0", "dsah-gamma1"]
+
+# --- shallow baselines on the pooled pretrained features (step `shallow`)
+SHALLOW = ("lsh", "pcah", "itq", "sh")  # registered shallow methods, variant = method name
+SHALLOW_TEXT = ("shallow, on the pooled pretrained Lite0 features computed from the cached "
+                f"{CUT} maps (ImageNet layers above the cut, eval mode)")
+RANKED = (*METHODS, *SHALLOW)  # what the per-length comparison ranks
+SHALLOW_DIR = RUNS / "cifar10-1-unsup-shallow"
+BACKBONE, DATASET, PROTOCOL, SEED = "efficientnet_lite0", "cifar10", "cifar10-1", 0
+TAP = "pool"  # the tap the label-free heads read (run.json "taps" of the deep runs)
+FEATURES, FEATURE_ROWS, FEATURE_INFO = "pool_features.npy", "pool_rows.npy", "pool_features.json"
+PARTS = ("query", "train", "val", "database")  # the trainer's order (data.limit salts its subsets by it)
 
 
 def run_dir(variant: str) -> Path:
@@ -122,7 +145,7 @@ def _rank_lines(rows: list[dict]) -> list[str]:
     """Per code length: the methods by mAP@all, and where DSAH and BCDH stand (also by mAP@1000)."""
     out = []
     for bits in sorted(ALL_BITS):
-        got = {r["variant"]: r for r in rows if r["bits"] == bits and r["variant"] in METHODS}
+        got = {r["variant"]: r for r in rows if r["bits"] == bits and r["variant"] in RANKED}
         if not got:
             out.append(f"* {bits} bits: no method measured yet.")
             continue
@@ -130,7 +153,7 @@ def _rank_lines(rows: list[dict]) -> list[str]:
         by_1000 = sorted(got, key=lambda v: -got[v]["mAP@1000"])
         places = "; ".join(f"{v.upper()} {by_all.index(v) + 1} of {len(got)} by mAP@all and "
                            f"{by_1000.index(v) + 1} by mAP@1000" for v in ("dsah", "bcdh") if v in got)
-        missing = [v for v in METHODS if v not in got]
+        missing = [v for v in RANKED if v not in got]
         out.append(f"* {bits} bits, mAP@all: " + " > ".join(f"{v} {got[v]['mAP@all']:.4f}" for v in by_all)
                    + (f". {places}" if places else ". Neither DSAH nor BCDH measured")
                    + (f" (not measured: {', '.join(missing)})" if missing else "") + ".")
@@ -173,10 +196,180 @@ def _control(row: dict, no_and: dict) -> str:
                else f"(its row is from epoch {no_and.get('best_epoch')}: the comparison is not matched)"))
 
 
+def _bad(message: str) -> SystemExit:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"unsupervised.py: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def split_parts(limit: int | None = None):
+    """The prepared CIFAR-10 and the split parts of cifar10-1 with seed 0, as ``hashlearn train`` makes
+    them (``limit``: at most that many images per part, its ``data.limit`` rule)."""
+    from hashlearn.train.run import _limit, load_data, make_split
+
+    dataset = load_data(DATASET)
+    split = make_split(dataset, PROTOCOL, SEED)
+    return dataset, {k: _limit(getattr(split, k), limit, SEED, i) for i, k in enumerate(PARTS)}
+
+
+def _rows_sha256(rows: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
+
+
+def pretrained_features(backbone, cache, parts: dict, out: Path, batch_size: int = 256,
+                        progress: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(rows, features, info)``: the pooled ``TAP`` features (float16) of the dataset images ``rows``
+    (every image of the split parts, sorted) from their cached maps by the layers of ``backbone`` above
+    the cache's cut (:func:`hashlearn.train.model.pooled_features_from_cache`), and what they came from.
+    Computed once into ``out`` (``FEATURES``, ``FEATURE_ROWS``, ``FEATURE_INFO``); reused while the
+    cache, the backbone's weights, the tap and the rows are the same."""
+    from hashlearn._atomic import atomic_target
+    from hashlearn.train.model import pooled_features_from_cache
+    from hashlearn.train.runfolder import write_json_atomic
+
+    rows = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in parts.values()]))
+    source = {"cache_key": cache.key, "tap": TAP, "cut": cache.tap, "backbone": backbone.name,
+              "weights": backbone.weights_id, "n": int(len(rows)), "rows_sha256": _rows_sha256(rows)}
+    info_path = out / FEATURE_INFO
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if {k: info.get(k) for k in source} == source:
+            features = np.load(out / FEATURES)
+            if features.shape[0] == len(rows) and np.array_equal(np.load(out / FEATURE_ROWS), rows):
+                print(f"pretrained features: {out / FEATURES} (made {info.get('created')})", file=sys.stderr)
+                return rows, features, info
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    features = pooled_features_from_cache(backbone, cache, rows, [TAP], batch_size, progress=progress,
+                                          desc=f"{TAP} above {cache.tap}")[TAP].astype(np.float16)
+    seconds = time.perf_counter() - t0
+    if not np.isfinite(features).all():
+        raise SystemExit(f"the pooled {TAP} features overflow float16; nothing written")
+    for name, array in ((FEATURES, features), (FEATURE_ROWS, rows)):
+        with atomic_target(out / name) as tmp:
+            np.save(tmp, array)
+    info = {**source, "cache_path": str(cache.path), "file": FEATURES, "rows_file": FEATURE_ROWS,
+            "shape": list(features.shape), "dtype": "float16", "bn": "frozen (eval mode)",
+            "weights_above": f"the {backbone.name} ImageNet weights ({backbone.weights_id[:16]}…), untrained",
+            "seconds": round(seconds, 1), "images_per_second": round(len(rows) / max(seconds, 1e-9), 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json_atomic(info_path, info)  # last: its presence says the arrays are complete
+    print(f"pretrained features: {len(rows)} images in {seconds:.1f} s → {out / FEATURES}", file=sys.stderr)
+    return rows, features, info
+
+
+def fit_shallow(dataset, parts: dict, rows: np.ndarray, features: np.ndarray, feature_info: dict, out: Path,
+                methods=SHALLOW, all_bits=ALL_BITS, limit: int | None = None) -> list[dict]:
+    """Each shallow method at each code length: fitted on the training images' features only (no
+    labels, ``random_state`` = seed 0), query and database encoded, evaluated as the trainer's final
+    evaluation does (:func:`hashlearn.eval.evaluate` with the default ``eval`` settings); writes
+    ``out/<method>/<bits>bits/`` ``metrics.json`` (fit seconds as ``training_seconds``) and ``model.npz``."""
+    from hashlearn.eval import chance_map, evaluate
+    from hashlearn.methods import get_method
+    from hashlearn.methods.shallow import save_hasher
+    from hashlearn.train.config import RunConfig
+    from hashlearn.train.runfolder import MODEL_FILE, write_json_atomic
+
+    settings = RunConfig().eval  # topk, radius, ties: the defaults every deep run here used
+    x = {k: features[np.searchsorted(rows, parts[k])].astype(np.float32) for k in ("train", "query", "database")}
+    labels = {k: np.asarray(dataset.labels[parts[k]]) for k in ("query", "database")}
+    chance = chance_map(labels["query"], labels["database"])
+    source = {k: feature_info.get(k) for k in ("tap", "cut", "backbone", "cache_path", "seconds")}
+    source["file"] = str(out / FEATURES)
+    results = []
+    for name in methods:
+        for bits in sorted(all_bits):
+            model = get_method(name)(bits=bits, random_state=SEED)
+            t0 = time.perf_counter()
+            model.fit(x["train"])
+            fit_seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            codes = {k: model.encode(x[k]) for k in ("query", "database")}
+            encode_seconds = time.perf_counter() - t0
+            if codes["query"].shape[1] != bits:  # e.g. PCA with fewer training images than bits
+                raise SystemExit(f"{name} gave {codes['query'].shape[1]}-bit codes for {bits} bits; nothing written")
+            result = evaluate(codes["query"], codes["database"], labels["query"], labels["database"],
+                              topk=tuple(settings.topk), radius=settings.radius, ties=settings.ties)
+            run_dir = out / name / f"{bits}bits"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_hasher(model, run_dir / MODEL_FILE)
+            metrics = {"method": name, "kind": "shallow", "variant": name, "dataset": DATASET, "protocol": PROTOCOL,
+                       "bits": bits, "seed": SEED, "sizes": {k: int(len(v)) for k, v in parts.items()},
+                       "data_limit": limit, "fitted_on": "train", "features": source,
+                       "method_hparams": model.get_params(), "training_seconds": round(fit_seconds, 3),
+                       "images_per_second": round(len(x["train"]) / max(fit_seconds, 1e-9), 1),
+                       "encode_seconds": round(encode_seconds, 3), "run_dir": str(run_dir),
+                       **result.to_dict(curves=True), "chance_mAP@all": chance}
+            metrics["tie_rule"] = metrics.get("ties")
+            metrics = json.loads(json.dumps(metrics, default=lambda o: o.item() if isinstance(o, np.generic)
+                                            else o.tolist()))
+            write_json_atomic(run_dir / "metrics.json", metrics)
+            print(f"{name} {bits} bits: mAP@1000 {metrics['mAP@1000']:.4f}, mAP@all {metrics['mAP@all']:.4f} "
+                  f"(fit {fit_seconds:.2f} s)", file=sys.stderr)
+            results.append(metrics)
+    return results
+
+
+def shallow(limit: int | None = None, out: Path = SHALLOW_DIR) -> list[dict]:
+    """The step ``shallow``: the pooled pretrained features of every cifar10-1 image (once), then
+    :func:`fit_shallow`."""
+    from hashlearn.nn import create_backbone, extract_activations
+    from hashlearn.train.config import RunConfig
+
+    config = RunConfig()  # the deep runs' settings of the cached maps (flip, dtype) and batch size
+    dataset, parts = split_parts(limit)
+    backbone = create_backbone(BACKBONE, weights=config.weights, taps=[TAP])
+    # the deep runs' stage5 cache (same key: dataset, weights below the cut, size, flip, dtype, versions);
+    # made here only if it is missing
+    cache = extract_activations(backbone, dataset, CUT, SIZE, flip=config.augment.hflip,
+                                dtype=config.activation_dtype, batch_size=config.train.feature_batch_size)
+    print(f"{CUT} maps: {cache.path}", file=sys.stderr)
+    rows, features, info = pretrained_features(backbone, cache, parts, out, config.train.feature_batch_size)
+    return fit_shallow(dataset, parts, rows, features, info, out, limit=limit)
+
+
+def shallow_metrics(root: Path | None = None) -> tuple[list[dict], list[str]]:
+    """The ``metrics.json`` of the shallow runs under ``root`` (default ``SHALLOW_DIR``; by code length,
+    then SHALLOW) and the runs not there, as ``"variant bits"`` texts; runs made with ``--limit`` are left out."""
+    root = root or SHALLOW_DIR
+    found, absent = [], []
+    for bits in sorted(ALL_BITS):
+        for v in SHALLOW:
+            got = [m for m in read_metrics(root / v) if m["bits"] == bits and not m.get("data_limit")]
+            if got:
+                found.append(got[0])
+            else:
+                absent.append(f"{v} {bits}")
+    return found, absent
+
+
+def _shallow_note(found: list[dict], absent: list[str], root: Path | None = None) -> str:
+    """The results note on the shallow rows: how they were made, or that they are missing."""
+    if not found:
+        return ("shallow LSH/PCAH/ITQ/SH rows are missing: not run yet (`python bench/unsupervised.py shallow`: "
+                "fitted on the pooled pretrained Lite0 features computed from the cached "
+                f"{CUT} maps) — see cifar10-1-frozen-lite0.md for them on the same backbone and image size")
+    info_path = (root or SHALLOW_DIR) / FEATURE_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    made = (f"; computed once for the {info['n']:,} images in {info['seconds']} s ({info['images_per_second']} "
+            f"images/s)" if info.get("seconds") is not None else "")
+    width = f", {info['shape'][1]}-d" if info.get("shape") else ""
+    return (f"shallow rows ({', '.join(f'`{v}`' for v in SHALLOW)}): fitted without labels (seed 0) on the "
+            f"{found[0]['sizes']['train']:,} training images' pooled pretrained features — the ImageNet Lite0 "
+            f"layers above {CUT} in eval mode (BatchNorm frozen) on the cached {CUT} maps, pooled (`{TAP}`{width}, "
+            f"float16), the features "
+            f"the label-free heads read before their first step{made}; query and database encoded by the fitted "
+            f"model, evaluated as the deep runs; `train s` = fit seconds"
+            + (f"; not measured: {', '.join(absent)} bits" if absent else ""))
+
+
 def report() -> None:
     from hashlearn.eval.results import row_from_metrics, write_results
 
     rows, cmds, sims, missing, not_run = [], [], [], [], {}
+    shallow_found, shallow_absent = shallow_metrics()
     for bits in sorted(ALL_BITS):
         for v in ORDER:
             if bits not in variant_bits(v):
@@ -210,6 +403,9 @@ def report() -> None:
             rows.append(row_from_metrics(m, variant=v, cut=CUT, epochs=m.get("epochs_run"), **extra,
                                          val_history=m.get("val_history")))
             cmds.append(f"* `{cmd_text(command(v, bits))}`")
+        rows += [row_from_metrics(m, variant=m["method"], cut=CUT) for m in shallow_found if m["bits"] == bits]
+    if shallow_found:
+        cmds.append("* `python bench/unsupervised.py shallow` (every shallow row)")
     if not rows:
         raise SystemExit("no runs yet; run: python bench/unsupervised.py run")
     if not_run:
@@ -241,10 +437,9 @@ def report() -> None:
             "runs after the first 32-bit ones: two at a time (`run --jobs 2`, one thread each)",
             "pretrained features (DSAH's similarity, SSDH-U's thresholds, GreedyHash-U's/Bi-half's cosine targets) "
             f"= the pooled output of the ImageNet network above {CUT} before any step",
-            "shallow LSH/ITQ rows are missing: they need the pooled frozen-feature cache of all 60,000 images "
-            "(not on this machine; 44 min to rebuild on the shared CPU) — see cifar10-1-frozen-lite0.md for them "
-            "on the same backbone and image size",
-            "variants (column `variant`): " + "; ".join(f"`{v}`: {d[2]}" for v, d in VARIANTS.items()),
+            _shallow_note(shallow_found, shallow_absent),
+            "variants (column `variant`): " + "; ".join(f"`{v}`: {d[2]}" for v, d in VARIANTS.items())
+            + "; " + ", ".join(f"`{v}`" for v in SHALLOW) + f": {SHALLOW_TEXT}",
             *missing,
         ],
         sections=[("How the methods compare, by code length", compare), ("DSAH similarity memory", sims),
@@ -255,18 +450,28 @@ def report() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=["run", "report"])
+    ap.add_argument("step", choices=["run", "shallow", "report"])
     ap.add_argument("--only", default="", help="comma-separated variants (default: all, in the script's order)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses 1 thread: --jobs 2)")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="shallow, for tests: at most N images per split part (needs --out elsewhere)")
+    ap.add_argument("--out", type=Path, default=SHALLOW_DIR, help=f"shallow: output folder (default {SHALLOW_DIR})")
     args = ap.parse_args()
     if args.step == "report":
         report()
         return
+    if args.step == "shallow":
+        if args.limit is not None and args.limit < 1:
+            raise _bad(f"--limit must be a positive number of images, got {args.limit}")
+        if args.limit is not None and args.out.resolve() == SHALLOW_DIR.resolve():
+            raise _bad(f"--limit makes test runs: give --out DIR, not the report's folder {SHALLOW_DIR}")
+        shallow(args.limit, args.out)
+        return
     only = [v for v in args.only.split(",") if v]
     for v in only:
         if v not in VARIANTS:
-            raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+            raise _bad(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     run_all(commands(only, skip_done=True), args.jobs, args.dry_run)
 
 

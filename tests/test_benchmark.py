@@ -406,3 +406,144 @@ def test_only_picks_labels_first_then_every_entry_of_a_method(tmp_path, tiny_dat
     assert [c.method.label for c in grid.select(["dpsh-batch", "dsh"])] == ["dpsh-batch", "dsh"]
     grid = load_grid(tiny_config(tmp_path, methods=methods[1:], seeds=[0]))
     assert [c.method.label for c in grid.select(["dpsh"])] == ["dpsh-batch"]
+
+
+# -- --jobs: cells in processes of their own ---------------------------------------------------------------
+
+#: what a run's metrics.json holds besides what it learned: its speed, its folder, the hash of its weights file
+NOT_LEARNED = ("training_seconds", "images_per_second", "run_dir", "fingerprint")
+
+
+def same_run(a: Path, b: Path) -> bool:
+    """Run folders ``a`` and ``b`` hold the same codes and the same figures."""
+    from hashlearn.codes import load_codes
+
+    x, y = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    for key in NOT_LEARNED:
+        x.pop(key), y.pop(key)
+    return x == y and all(
+        np.array_equal(load_codes(a / name).packed, load_codes(b / name).packed)
+        for name in ("query_codes.npz", "database_codes.npz")
+    )
+
+
+@pytest.fixture(scope="module")
+def jobs_2(tmp_path_factory, tiny_data):
+    """Seed 0 at 8 bits of the tiny grid's two methods trained with --jobs 2: (folder, exit code, stdout, stderr)."""
+    folder = tmp_path_factory.mktemp("jobs")
+    path = tiny_config(folder, bits=[8], seeds=[0])
+    code, out, err = run_cli(["benchmark", str(path), "--jobs", "2", "--quiet"])
+    return folder, code, out, err
+
+
+def test_jobs_2_trains_two_cells_as_two_processes_with_the_same_results(jobs_2, finished):
+    folder, code, out, err = jobs_2
+    assert code == 0, err
+    _, grid, _, _ = finished
+    for method in ("dsh", "dhn-a"):
+        cell = f"bench-tiny-per-class/smallcnn/{method}/seed0"
+        log = (folder / "runs" / f"{cell}.log").read_text()
+        assert "hashlearn benchmark started:" in log and " -m hashlearn train --method " in log and "exit 0" in log
+        assert f"{method} / bench-tiny-per-class / smallcnn / seed 0: ok, " in err  # the line at its end
+        # the same settings (train.threads=1 in the config) give the same run as --jobs 1 in this process
+        assert same_run(folder / "runs" / cell / "8bits", grid.out / cell / "8bits")
+    assert "training 2 cell(s), 2 at a time, " in err
+    doc = json.loads(leaderboard_paths("tiny", folder / "runs")[1].read_text())
+    assert [(r["method"], r["bits"], r["seeds"]) for r in doc["rows"]] == [("dsh", 8, 1), ("dhn-a", 8, 1)]
+
+
+def test_the_call_record_has_jobs_cores_and_load_averages_and_the_leaderboard_says_them(jobs_2):
+    from hashlearn.benchmark.run import cpu_cores
+
+    folder, code, _, err = jobs_2
+    assert code == 0, err
+    [record] = [json.loads(x) for x in (folder / "runs" / "benchmark-calls.jsonl").read_text().splitlines()]
+    assert (record["jobs"], record["nproc"], record["runs_trained"], record["cpu_count"]) == (2, 1, 2, cpu_cores())
+    for key in ("load_average_start", "load_average_end"):
+        assert len(record[key]) == 3 and all(x >= 0 for x in record[key])
+    assert record["command"].endswith("--jobs 2")
+    notes = " ".join(json.loads(leaderboard_paths("tiny", folder / "runs")[1].read_text())["notes"])
+    assert f"wall-clock time of the grid: {record['wall_seconds']:.0f} s" in notes
+    call = f"{record['started']}: 2 run(s) in {record['wall_seconds']:.0f} s, --jobs 2 on {cpu_cores()} CPU cores"
+    assert call in notes
+
+
+def test_a_failed_cell_does_not_stop_the_others(tmp_path, tiny_data):
+    path = tiny_config(tmp_path, bits=[8], seeds=[0])
+    broken = tmp_path / "runs/bench-tiny-per-class/smallcnn/dsh/seed0"
+    broken.mkdir(parents=True)
+    (broken / "8bits").write_text("a file where the run folder goes\n")  # hashlearn train fails at the start
+    code, out, err = run_cli(["benchmark", str(path), "--jobs", "2", "--quiet"])
+    log = broken.with_name("seed0.log")
+    assert code != 0 and "exit 0" not in log.read_text()
+    assert err.strip().splitlines()[-1] == (
+        f"hashlearn benchmark: error: 1 of 2 cell(s) failed (the leaderboard above has what finished): "
+        f"dsh / bench-tiny-per-class / smallcnn / seed 0 (exit 2; log: {log})"
+    )
+    assert (tmp_path / "runs/bench-tiny-per-class/smallcnn/dhn-a/seed0/8bits/metrics.json").is_file()
+    assert "| dhn-a | 8 |" in out and "| dsh |" not in out  # the leaderboard of what finished
+    [record] = [json.loads(x) for x in (tmp_path / "runs/benchmark-calls.jsonl").read_text().splitlines()]
+    assert (record["runs_trained"], record["cells_failed"]) == (1, 1)
+
+
+def test_jobs_with_nproc_is_refused(tmp_path, tiny_data):
+    code, out, err = run_cli(["benchmark", str(tiny_config(tmp_path)), "--jobs", "2", "--nproc", "2"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--jobs 2 with --nproc 2: --jobs trains several cells at once, --nproc one cell on several processes" in err
+    with pytest.raises(SystemExit) as exited:  # argparse's own usage error
+        run_cli(["benchmark", str(tiny_config(tmp_path)), "--jobs", "0"])
+    assert exited.value.code == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_with_jobs_prints_each_command_with_its_threads(tmp_path, tiny_data):
+    from hashlearn.benchmark.run import cpu_cores
+
+    path = tiny_config(tmp_path, set=[], seeds=[0, 1, 2])  # train.threads is not set: --jobs sets it
+    code, out, _ = run_cli(["benchmark", str(path), "--dry-run", "--jobs", "2"])
+    commands = [line for line in out.splitlines() if line.startswith("  $ ")]
+    assert code == 0 and len(commands) == 6
+    threads = f"--set train.threads={max(1, cpu_cores() // 2)}"
+    assert all(c.endswith(f"{threads} --out {c.split('--out ')[1]}") for c in commands)
+    path = tiny_config(tmp_path, seeds=[0])  # the config's train.threads=1 stays
+    code, out, _ = run_cli(["benchmark", str(path), "--dry-run", "--jobs", "2"])
+    assert code == 0 and out.count("--set train.threads=1 ") == 2 and out.count("train.threads") == 2
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_cell_processes_and_their_runs_resume_later(tmp_path, tiny_data):
+    """The parent stopped while its cells train: no process of it is left, and each run folder keeps what a
+    killed `hashlearn train` leaves (the next call resumes it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tiny_config(tmp_path, bits=[8], seeds=[0], epochs=500)
+    cells = [tmp_path / f"runs/bench-tiny-per-class/smallcnn/{m}/seed0" for m in ("dsh", "dhn-a")]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "hashlearn", "benchmark", str(path), "--jobs", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children_file = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    deadline, children = time.monotonic() + 60, []
+    while time.monotonic() < deadline and parent.poll() is None:
+        if all((c / "8bits" / "log.jsonl").is_file() for c in cells):  # both are training (epoch 1 done)
+            children = [int(p) for p in children_file.read_text().split()] if children_file.is_file() else []
+            break
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode != 0 and "stopped 2 cell(s)" in err and "their runs resume at the next call" in err
+    assert len(children) == 2 or not children_file.is_file()
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    for cell in cells:
+        assert "stopped by hashlearn benchmark" in cell.with_name("seed0.log").read_text()
+        assert not (cell / "8bits/metrics.json").exists()
+    record = json.loads((tmp_path / "runs/benchmark-calls.jsonl").read_text().splitlines()[-1])
+    assert (record["stopped"], record["runs_trained"], record["jobs"]) == ("interrupted", 0, 2)
+    code, out, _ = run_cli(["benchmark", str(path), "--dry-run"])
+    assert code == 0 and out.count(": 8 bits resume") == 2  # the next call resumes both

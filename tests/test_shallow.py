@@ -228,3 +228,10 @@ def test_load_hasher_never_unpickles(tmp_path):
 def test_random_state_must_be_a_seed():
     with pytest.raises(InputError, match="random_state"):
         LSH(bits=8, random_state=-1).fit(np.zeros((4, 3)) + np.arange(3))
+
+
+@pytest.mark.parametrize("name", ["pcah", "itq", "sh"])
+def test_fewer_training_samples_than_pca_directions_is_refused_not_a_shorter_code(name):
+    X = np.random.default_rng(0).normal(size=(8, 40))
+    with pytest.raises(InputError, match="at most 8 directions"):
+        {"pcah": PCAH, "itq": ITQ, "sh": SH}[name](bits=16).fit(X)

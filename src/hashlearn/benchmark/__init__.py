@@ -4,7 +4,8 @@ It orchestrates the steps below it: each run is one call of :func:`hashlearn.tra
 leaderboard one :func:`hashlearn.eval.results.write_results` over the runs' ``metrics.json``.
 
 * :func:`load_grid` — a config (a file, or a shipped one by name: :func:`shipped_configs`), every key checked;
-* :func:`run_benchmark` — train what is missing (resumable; ``nproc`` processes per run), write the leaderboard;
+* :func:`run_benchmark` — train what is missing (resumable; ``nproc`` processes per run, or ``jobs`` cells at
+  once), write the leaderboard;
 * :func:`write_leaderboard`, :func:`update_readme` — the results files, and a README section made from them.
 """
 

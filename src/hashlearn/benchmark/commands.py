@@ -42,6 +42,16 @@ def register(sub) -> None:
         "with NCCL); the config's batch_size is the global batch",
     )
     p.add_argument(
+        "--jobs",
+        type=int_arg(1, 1024),
+        default=1,
+        metavar="N",
+        help="train N cells at once, each in a `hashlearn train` process of its own with train.threads = "
+        "cores / N (unless the config sets it) and its output in a log beside the cell's folder (.../seed0.log); "
+        "a failed cell does not stop the others (on a small CPU, N one-thread runs are faster than one run on N "
+        "threads); not with --nproc",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print each cell, which code lengths are done, and the command that trains the others",
@@ -79,9 +89,10 @@ def cmd_benchmark(args) -> int:
     grid = load_grid(args.config, out=args.out)
     results = Path(args.results) if args.results else grid.out
     if args.readme:
-        if args.only or args.dry_run or args.nproc != 1 or args.no_resume:
+        if args.only or args.dry_run or args.nproc != 1 or args.jobs != 1 or args.no_resume:
             raise InputError(
-                "--readme only rewrites the README section; give it without --only, --nproc, --dry-run and --no-resume"
+                "--readme only rewrites the README section; give it without --only, --nproc, --jobs, --dry-run and "
+                "--no-resume"
             )
         _, json_path = leaderboard_paths(grid.name, results)
         changed = update_readme(args.readme, grid.name, args.config, json_path)
@@ -92,12 +103,14 @@ def cmd_benchmark(args) -> int:
     for option, value in (("--only", ",".join(args.only or [])), ("--out", args.out), ("--results", args.results)):
         if value:
             words += [option, value]
-    if args.nproc != 1:
-        words += ["--nproc", str(args.nproc)]
+    for option, number in (("--nproc", args.nproc), ("--jobs", args.jobs)):
+        if number != 1:
+            words += [option, str(number)]
     run_benchmark(
         grid,
         only=args.only,
         nproc=args.nproc,
+        jobs=args.jobs,
         dry_run=args.dry_run,
         resume=not args.no_resume,
         progress=not args.quiet,

@@ -22,7 +22,7 @@ from hashlearn.errors import InputError
 
 #: the figures every row has, each with its standard deviation over seeds
 STATS = ("mAP@all", "mAP@1000", "P@r2")
-#: log of the calls that trained something: one JSON line each (their wall-clock time)
+#: log of the calls that trained something: one JSON line each (their wall-clock time, see :func:`log_call`)
 CALLS_LOG = "benchmark-calls.jsonl"
 
 
@@ -179,8 +179,27 @@ def _calls(grid: Grid) -> list[dict]:
     return out
 
 
+def call_text(record: dict) -> str:
+    """One call of the calls log in words: when, runs trained, wall seconds, cells at a time, the machine's load."""
+    text = f"{record.get('started', '?')}: {record.get('runs_trained', '?')} run(s) in {record['wall_seconds']:.0f} s"
+    # records written before --jobs existed come from calls that trained one cell at a time
+    text += f", --jobs {record.get('jobs', 1)}"
+    if _number(record.get("cpu_count")) is not None:
+        text += f" on {record['cpu_count']} CPU cores"
+    loads = [record.get(k) for k in ("load_average_start", "load_average_end")]
+    if all(isinstance(x, list) and x and _number(x[0]) is not None for x in loads):
+        text += f", load average {loads[0][0]:.1f} at the start, {loads[1][0]:.1f} at the end"
+    if record.get("cells_failed"):
+        text += f", {record['cells_failed']} cell(s) failed"
+    if record.get("stopped"):
+        text += f", {record['stopped']}"
+    return text
+
+
 def log_call(grid: Grid, record: dict) -> None:
-    """Append one completed call's record to ``OUT/benchmark-calls.jsonl`` (its wall-clock time, runs trained)."""
+    """Append one call's record to ``OUT/benchmark-calls.jsonl``: when it started, its wall-clock seconds, the
+    runs it trained and skipped, ``nproc``, ``jobs``, the CPU cores, the load average at its start and end, and
+    ``cells_failed`` / ``stopped`` (interrupted, failed) when it did not finish every cell."""
     grid.out.mkdir(parents=True, exist_ok=True)
     with open(grid.out / CALLS_LOG, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -245,9 +264,9 @@ def write_leaderboard(grid: Grid, results_dir: str | Path, command: str) -> dict
     if calls:
         wall = math.fsum(c["wall_seconds"] for c in calls)
         notes.append(
-            f"wall-clock time of the {len(calls)} completed `hashlearn benchmark` call(s) that trained: "
-            f"{wall:.0f} s ({wall / 3600:.2f} h), cached activations and datasets included "
-            f"(`{grid.out / CALLS_LOG}`)"
+            f"wall-clock time of the grid: {wall:.0f} s ({wall / 3600:.2f} h), the sum of the wall seconds of the "
+            f"{len(calls)} `hashlearn benchmark` call(s) that trained, cached activations and datasets included "
+            f"(`{grid.out / CALLS_LOG}`): " + "; ".join(call_text(c) for c in calls)
         )
     sections = []
     if figures:

@@ -48,6 +48,9 @@ def _pca(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Each direction is flipped so its largest-magnitude coefficient is positive.
     """
     n, d = Xc.shape
+    if k > min(n, d):
+        raise InputError(f"PCA of {n} samples with {d} features has at most {min(n, d)} directions, {k} asked for: "
+                         f"fit on more samples, or use fewer bits")
     if d <= n:
         cov = (Xc.T @ Xc) / max(n - 1, 1)
         values, vectors = np.linalg.eigh(cov)

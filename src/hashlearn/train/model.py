@@ -163,16 +163,54 @@ def pooled_features(backbone, images: np.ndarray, taps: list[str], size: int, ba
     """Pooled ``(N, C)`` float32 features of each tap (global average of feature maps)."""
     import torch
 
+    device = device or torch.device("cpu")
+
+    def batch(start: int, stop: int):
+        return backbone(backbone.preprocess(np.asarray(images[start:stop]), size).to(device))
+
+    return _pooled_batches(backbone, len(images), batch, taps, batch_size, progress, desc)
+
+
+def pooled_features_from_cache(backbone, cache, rows, taps: list[str], batch_size: int = 256, device=None,
+                               progress: bool = False, desc: str = "features") -> dict[str, np.ndarray]:
+    """Pooled ``(N, C)`` float32 features of each tap for the images ``rows`` (dataset indices) of an
+    activation cache (:class:`~hashlearn.nn.ActivationCache`, the maps of the images, not of their
+    mirrors): the part of ``backbone`` above the cache's cut (``forward_from``) in eval mode on the
+    stored maps. That is :func:`pooled_features` of the same images up to the maps' float16 rounding,
+    and what the head of a run fine-tuned from that cut reads before its first step (the label-free
+    methods' pretrained features). ``taps`` must lie at or above the cut; a backbone whose weights
+    below the cut are not those the maps were made with is refused."""
+    import torch
+
+    if backbone.name != cache.backbone or backbone.state_digest_below(cache.tap) != cache.key["weights_below_sha256"]:
+        raise InputError(f"activation cache {cache.path.name} was made by {cache.backbone} with other weights below "
+                         f"{cache.tap!r} than this {backbone.name}; its maps do not fit this backbone")
+    backbone.check_cut(cache.tap, taps)
+    rows = np.asarray(rows, dtype=np.int64)
+    device = device or torch.device("cpu")
+    selected = backbone.taps
+    backbone.set_taps([t for t in taps if t != "pool"])  # forward_from refuses selected taps below the cut
+    try:
+        return _pooled_batches(backbone, len(rows), lambda a, b: backbone.forward_from(
+            cache.tap, cache.get(rows[a:b]).to(device)), taps, batch_size, progress, desc)
+    finally:
+        backbone.set_taps(selected)
+
+
+def _pooled_batches(backbone, n: int, batch, taps: list[str], batch_size: int, progress: bool,
+                    desc: str) -> dict[str, np.ndarray]:
+    """``batch(start, stop)`` → the backbone's ``{tap: tensor}`` of items ``start:stop``, run in eval
+    mode without gradients over ``n`` items, each tap pooled into ``(n, C)`` float32."""
+    import torch
+
     from hashlearn.methods.base import pool
     from hashlearn.train.progress import progress_bar
 
-    device = device or torch.device("cpu")
     backbone.eval()
     out: dict[str, list[np.ndarray]] = {t: [] for t in taps}
     with torch.no_grad():
-        for start in progress_bar(range(0, len(images), batch_size), progress, desc, unit="batch"):
-            x = backbone.preprocess(np.asarray(images[start:start + batch_size]), size).to(device)
-            feats = backbone(x)
+        for start in progress_bar(range(0, n, batch_size), progress, desc, unit="batch"):
+            feats = batch(start, min(n, start + batch_size))
             for t in taps:
                 out[t].append(pool(feats[t]).float().cpu().numpy())
     return {t: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for t, v in out.items()}
