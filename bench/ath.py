@@ -56,6 +56,10 @@ SETS = {
                    "--image-size", "96", "--seed", "0", "--finetune-from", "stage5", "--set", "train.threads=1"],
         "bits": [48, 12, 24, 36],
         "epochs": EPOCHS,
+        # the 12/24/36-bit runs and the 48-bit ablations: two at a time, one thread each (--jobs 2); the 48-bit
+        # ath/dtsh runs and the baselines ran in earlier sessions beside other jobs (their train s is inflated)
+        "load": "2–3 for the 12/24/36-bit runs and the 48-bit ablations (train s ≈ 250–360); 15–21 for the "
+                "48-bit ath and dtsh runs and the dpsh/dmsh baselines, which ran beside other jobs",
         "baselines": {"dpsh": "DPSH as published (pairs against U of all training images), one linear layer; "
                               "run by bench/finetune_cifar10.py",
                       "dpsh-batch": "DPSH with the pairs of the batch, one linear layer; run by "
@@ -222,7 +226,8 @@ def report(which: str) -> None:
             if (v, int(c[c.index("--bits") + 1])) in ran or any(f"`{v}`" in p for p in pending)]
     bits_text = "/".join(str(b) for b in sorted(s["bits"]))
     if s["baselines"]:
-        cmds.append("baselines " + ", ".join(s["baselines"]) + ": `python bench/finetune_cifar10.py run` (48 bits)")
+        cmds.append("baselines " + ", ".join(s["baselines"]) + ": `python bench/finetune_cifar10.py run` (12/24/32/48 "
+                    "bits) and `python bench/finetune_cifar10.py run --only dpsh-batch,dmsh --bits 36`")
     write_results(
         DOCS, s["name"],
         title=f"ATH vs DTSH, DPSH, DMSH — {s['dataset']} {s['protocol']}, EfficientNet-Lite0 fine-tuned above "
