@@ -40,8 +40,8 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 BITS = 48  # the code length of every variant; the main methods also run at each set's ``bits``
 EPOCHS = 15
 LR = "1e-3"
-#: the brain-MRI imbalanced runs: this class keeps 10 % of its training images (queries and database unchanged)
-MINORITY = "meningioma"
+#: the imbalanced runs of each set: this class keeps 10 % of its training images (queries and database unchanged)
+MINORITY = {"brain-mri": "meningioma", "cifar10": "cat"}
 
 #: what each experiment set is: its runs (variant → method, --set overrides, description) and how they train
 SETS = {
@@ -105,25 +105,35 @@ VARIANTS = {
                                  "ablation: triplet only with the relaxed Hamming distance ½(k − u_a·u_b) (whose "
                                  "gradient does not vanish when the codes coincide)"),
 }
-_IMBALANCED = f"protocol_args={{train_class_fraction: {{{MINORITY}: 0.1}}}}"
 MRI_VARIANTS = {
     "dpsh": ("dpsh", ["method_args.pairs=batch"],
              "DPSH with the pairs of the batch (as published, against U of all training images, it stayed at chance "
              "on cifar10-1), one linear layer"),
     "dmsh": ("dmsh", ["method_args.taps=[stage5,stage7,head]", "method_args.deep_supervision=0.3"],
              "DMSH, the spec's conv scale heads on the stage5/stage7/head maps"),
-    "ath-imbalanced": ("ath", ["method_args.attention_at=stage5", _IMBALANCED],
-                       f"ATH trained with {MINORITY} cut to 10 % of its training images"),
-    "dtsh-imbalanced": ("dtsh", [_IMBALANCED], f"DTSH trained with {MINORITY} cut to 10 % of its training images"),
-    "dpsh-imbalanced": ("dpsh", ["method_args.pairs=batch", _IMBALANCED],
-                        f"DPSH (pairs of the batch) trained with {MINORITY} cut to 10 % of its training images"),
 }
+#: the variant each imbalanced run is compared with (trained on all images): on cifar10 the DPSH with the pairs of
+#: the batch is bench/finetune_cifar10.py's ``dpsh-batch``
+FULL = {"brain-mri": {}, "cifar10": {"dpsh": "dpsh-batch"}}
+
+
+def imbalanced_variants(which: str) -> dict:
+    """ATH, DTSH and DPSH (pairs of the batch) trained with the set's minority class cut to 10 %."""
+    minority = MINORITY[which]
+    cut = f"protocol_args={{train_class_fraction: {{{minority}: 0.1}}}}"
+    return {
+        "ath-imbalanced": ("ath", ["method_args.attention_at=stage5", cut],
+                           f"ATH trained with {minority} cut to 10 % of its training images"),
+        "dtsh-imbalanced": ("dtsh", [cut], f"DTSH trained with {minority} cut to 10 % of its training images"),
+        "dpsh-imbalanced": ("dpsh", ["method_args.pairs=batch", cut],
+                            f"DPSH (pairs of the batch) trained with {minority} cut to 10 % of its training images"),
+    }
 #: the variants run at every code length of a set (the others at BITS only)
 ALL_BITS = ("ath", "dtsh", "dpsh", "dmsh")
 
 
 def variants(which: str) -> dict:
-    return {**VARIANTS, **(MRI_VARIANTS if which == "brain-mri" else {})}
+    return {**VARIANTS, **(MRI_VARIANTS if which == "brain-mri" else {}), **imbalanced_variants(which)}
 
 
 def variant_bits(which: str, v: str) -> list[int]:
@@ -196,10 +206,10 @@ def report(which: str) -> None:
             m = finished[0]
             extra = code_metrics(Path(m["run_dir"]) if Path(m["run_dir"]).is_absolute()
                                  else RUNS.parent / m["run_dir"], ds, where)
+            minority = MINORITY[which]
             rows.append(row_from_metrics(m, variant=v, cut=s["cut"], epochs=m.get("epochs_run"),
                                          sampler=_sampler(m), **{"mAP@100": extra["mAP@100"], "P@10": extra["P@10"],
-                                                                 **({f"{MINORITY} P@10": _p10(extra, MINORITY)}
-                                                                    if which == "brain-mri" else {})}))
+                                                                 f"{minority} P@10": _p10(extra, minority)}))
             if bits == BITS:
                 per_class[v] = extra["per_class"]
                 hist = m.get("val_history") or []
@@ -215,7 +225,7 @@ def report(which: str) -> None:
                      *[f"{per_class[v][i]['P@10']:.3f}" for v in per_class]]
             table.append("| " + " | ".join(cells) + " |")
     compare = _compare([r for r in rows if r["bits"] == BITS]) + _compare_bits(rows, s["bits"]) \
-        + _compare_minority(per_class)
+        + _compare_minority(per_class, which)
     try:
         picture = _attention_picture(which, ds, per_class)
     except Exception as exc:  # noqa: BLE001 - the picture is an extra; the results file must still be written
@@ -332,22 +342,22 @@ def _compare_bits(rows: list[dict], bits: list[int]) -> list[str]:
     return out
 
 
-def _compare_minority(per_class: dict) -> list[str]:
+def _compare_minority(per_class: dict, which: str) -> list[str]:
     """The seed's claim that triplet sampling helps small classes: the minority class's P@10 when its training
     images are cut to 10 %, against the same method trained on all of them."""
-    out, kept = [], {}
+    out, kept, minority = [], {}, MINORITY[which]
     for m in ("ath", "dtsh", "dpsh"):
-        full, cut = per_class.get(m), per_class.get(f"{m}-imbalanced")
+        full, cut = per_class.get(FULL[which].get(m, m)), per_class.get(f"{m}-imbalanced")
         if full and cut:
-            a = next(c["P@10"] for c in full if c["class"] == MINORITY)
-            b = next(c["P@10"] for c in cut if c["class"] == MINORITY)
+            a = next(c["P@10"] for c in full if c["class"] == minority)
+            b = next(c["P@10"] for c in cut if c["class"] == minority)
             kept[m] = b / a
             mean = sum(c["P@10"] for c in cut) / len(cut)
-            out.append(f"* {MINORITY} cut to 10 % of its training images: {m} P@10 on {MINORITY} queries {b:.3f} "
+            out.append(f"* {minority} cut to 10 % of its training images: {m} P@10 on {minority} queries {b:.3f} "
                        f"(all images: {a:.3f}, kept {b / a:.2f}×); mean over classes {mean:.3f}")
     if len(kept) > 1:
         order = sorted(kept, key=kept.get, reverse=True)
-        out.append(f"* share of the {MINORITY} precision kept when the class is cut, best first: "
+        out.append(f"* share of the {minority} precision kept when the class is cut, best first: "
                    + ", ".join(f"{m} {kept[m]:.2f}×" for m in order)
                    + (" — ATH keeps the most, consistent with the seed's claim that triplet sampling helps minority "
                       "classes" if order[0] == "ath" else
