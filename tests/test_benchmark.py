@@ -547,3 +547,20 @@ def test_sigterm_stops_the_cell_processes_and_their_runs_resume_later(tmp_path, 
     assert (record["stopped"], record["runs_trained"], record["jobs"]) == ("interrupted", 0, 2)
     code, out, _ = run_cli(["benchmark", str(path), "--dry-run"])
     assert code == 0 and out.count(": 8 bits resume") == 2  # the next call resumes both
+
+
+def test_a_partly_trained_grid_says_so_in_its_title_and_readme_section(tmp_path, tiny_data):
+    """A leaderboard of a grid whose runs have not all finished is titled as partial, with the counts, and the README
+    section made from its JSON carries that title; the full grid's title has no such words."""
+    path = tiny_config(tmp_path, seeds=[0], bits=[8])
+    code, out, err = run_cli(["benchmark", str(path), "--only", "dsh", "--quiet", "--results", str(tmp_path)])
+    assert code == 0, err
+    md, js = leaderboard_paths("tiny", tmp_path)
+    doc = json.loads(js.read_text())
+    assert doc["title"].endswith("(partial: 1 of 2 runs finished)")
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n")
+    assert "(partial: 1 of 2 runs finished)" in readme_section("tiny", str(path), js, readme)
+    code, out, err = run_cli(["benchmark", str(path), "--quiet", "--results", str(tmp_path)])
+    assert code == 0, err
+    assert "partial" not in json.loads(js.read_text())["title"]

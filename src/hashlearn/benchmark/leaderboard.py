@@ -287,7 +287,7 @@ def write_leaderboard(grid: Grid, results_dir: str | Path, command: str) -> dict
     md_path, json_path = write_results(
         results_dir,
         f"leaderboard-{grid.name}",
-        title=grid.title,
+        title=grid.title + (f" (partial: {finished} of {total} runs finished)" if finished < total else ""),
         protocol=protocols,
         dataset=", ".join(d.dataset for d in grid.datasets),
         backbone=backbones,
