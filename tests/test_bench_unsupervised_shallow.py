@@ -3,6 +3,7 @@ baselines fitted on them, written where `report` reads deep runs."""
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +24,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "unsupervised.py"
 def bench():
     spec = importlib.util.spec_from_file_location("bench_unsupervised", BENCH)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    environ = dict(os.environ)
+    try:
+        # the script sets NUMBA_NUM_THREADS for its own process; numba refuses a later compile in this one
+        # when that variable differs from the thread count it started with
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     return module
 
 
