@@ -16,7 +16,15 @@ import pytest
 import yaml
 
 from hashlearn.benchmark.grid import check_cells, load_grid, shipped_configs, train_argv
-from hashlearn.benchmark.leaderboard import leaderboard_paths, markers, readme_section, update_readme
+from hashlearn.benchmark.leaderboard import (
+    add_baselines,
+    comparison_lines,
+    leaderboard_paths,
+    markers,
+    readme_section,
+    update_readme,
+    write_leaderboard,
+)
 from hashlearn.cli import build_parser, main
 from hashlearn.errors import InputError, NotFoundError
 
@@ -238,6 +246,12 @@ def test_the_printed_command_gives_the_same_settings(tmp_path, tiny_data):
         ),
         ({"datasets": [{"dataset": "no-such-set"}]}, "tiny.yaml: datasets[0].dataset: unknown dataset 'no-such-set'"),
         ({"bits": [8, 2000]}, "tiny.yaml: bits: 2000 bits is out of range"),
+        (
+            {"compare": {"dsh": "dpsh"}},
+            "tiny.yaml: compare: 'dpsh' is not a method label of this grid; its methods: dsh, dhn-a",
+        ),
+        ({"compare": {"dsh": "dsh"}}, "tiny.yaml: compare: 'dsh' is compared with itself"),
+        ({"compare": ["dsh", "dhn-a"]}, "tiny.yaml: compare: expected a mapping of method label → baseline label"),
         ({"seeds": [0, 0]}, "tiny.yaml: seeds: a seed is given twice"),
         ({"epochs": 0}, "tiny.yaml: epochs: expected an integer from 1 to 100000, got 0"),
         (
@@ -321,7 +335,10 @@ def test_the_cifar10_1_config_is_the_ground_issues_setting():
             False,
             1e-3,
         )
-        assert c.train.epochs == (8 if c.method in ("adsh", "exchnet") else 15)
+        # ADSH/ExchNet: 4 outer iterations x 2 inner epochs; the others 5 epochs validated once at the end, the
+        # schedule that fits the 76 runs in 3 hours on 2 CPU cores
+        short = c.method in ("adsh", "exchnet")
+        assert (c.train.epochs, c.train.eval_every) == ((8, 8) if short else (5, 5))
 
 
 # -- the README's leaderboard section ----------------------------------------------------------------------
@@ -564,3 +581,50 @@ def test_a_partly_trained_grid_says_so_in_its_title_and_readme_section(tmp_path,
     code, out, err = run_cli(["benchmark", str(path), "--quiet", "--results", str(tmp_path)])
     assert code == 0, err
     assert "partial" not in json.loads(js.read_text())["title"]
+
+
+# -- methods against their baselines (the config's `compare`) -------------------------------------------------
+
+
+def test_the_ratio_to_the_baseline_and_the_verdict_in_words():
+    rows = [
+        {"method": m, "bits": b, "mAP@all": v}
+        for m, b, v in [
+            ("a", 16, 0.50), ("a", 32, 0.30), ("b", 16, 0.40), ("b", 32, 0.60),
+            ("c", 16, 0.90), ("c", 32, 0.90), ("d", 16, 0.10), ("e", 16, None),
+        ]
+    ]  # fmt: skip
+    add_baselines(rows, {"a": "b", "c": "b", "d": "b", "e": "b"})
+    by = {(r["method"], r["bits"]): r for r in rows}
+    assert by["a", 16]["baseline"] == "b" and by["a", 16]["mAP@all_vs_baseline"] == pytest.approx(1.25)
+    assert by["a", 32]["mAP@all_vs_baseline"] == pytest.approx(0.5)
+    assert by["d", 16]["mAP@all_vs_baseline"] == pytest.approx(0.25)
+    assert by["e", 16]["mAP@all_vs_baseline"] is None and "baseline" not in by["b", 16]
+    assert comparison_lines(rows) == [
+        "`a` against its baseline `b`, mAP@all ratio: 1.25× at 16 bits, 0.50× at 32 bits: beats `b` only at 16 bits",
+        "`c` against its baseline `b`, mAP@all ratio: 2.25× at 16 bits, 1.50× at 32 bits: beats `b` at every code "
+        "length",
+        "`d` against its baseline `b`, mAP@all ratio: 0.25× at 16 bits: does not beat `b` at any code length",
+        "`e` against its baseline `b`: no code length where both finished",
+    ]
+
+
+def test_the_leaderboard_and_readme_compare_each_method_with_its_baseline(finished, tmp_path):
+    """The finished tiny grid with `compare: {dhn-a: dsh}` (the same runs: compare changes no setting): each dhn-a
+    row carries dsh as its baseline and the quotient of the two mAP@all; the notes and the README say the verdict."""
+    path, grid, _, _ = finished
+    compared = load_grid(tiny_config(tmp_path, out=str(grid.out), compare={"dhn-a": "dsh"}))
+    doc = write_leaderboard(compared, tmp_path, "hashlearn benchmark tiny.yaml")
+    by = {(r["method"], r["bits"]): r for r in doc["rows"]}
+    for bits in (8, 16):
+        ratio = by["dhn-a", bits]["mAP@all"] / by["dsh", bits]["mAP@all"]
+        assert by["dhn-a", bits]["baseline"] == "dsh"
+        assert by["dhn-a", bits]["mAP@all_vs_baseline"] == pytest.approx(ratio)
+    verdict = comparison_lines(doc["rows"])
+    assert len(verdict) == 1 and verdict[0] in doc["notes"]
+    assert f"{by['dhn-a', 8]['mAP@all_vs_baseline']:.2f}× at 8 bits" in verdict[0]
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n")
+    section = readme_section("tiny", str(path), tmp_path / "leaderboard-tiny.json", readme)
+    assert f"* {verdict[0]}" in section and "| ÷ baseline |" in section
+    assert f"| {by['dhn-a', 16]['mAP@all_vs_baseline']:.2f}× dsh |" in section

@@ -22,6 +22,8 @@ A config (``hashlearn/configs/benchmarks/*.yaml`` ship with the package)::
     set: [train.eval_every=2]        # any other `hashlearn train` setting, for every run
     metrics: [NDCG@100]              # more leaderboard columns (keys of metrics.json)
     notes: [a line under the title]
+    compare: {ath: dtsh, dmsh: dpsh}  # method label → its baseline's label: the leaderboard gives the ratio
+                                      # of their mAP@all at each code length and says which wins
 
 Every key is checked; an unknown or bad one is one :class:`InputError` line naming the file and the
 key. A *cell* is one (method entry, dataset entry, backbone entry, seed): one ``hashlearn train``
@@ -61,6 +63,7 @@ TOP_KEYS = {
     "set": "list of KEY=VALUE hashlearn train settings for every run",
     "metrics": "more leaderboard columns: metrics.json keys such as NDCG@100",
     "notes": "lines under the leaderboard's title",
+    "compare": "mapping of method label → the label of its baseline (the leaderboard gives their mAP@all ratio)",
 }
 REQUIRED = ("methods", "bits", "datasets", "backbones")
 #: top-level shortcuts → the RunConfig setting each sets
@@ -149,6 +152,7 @@ class Grid:
     notes: list[str]
     common: list[str]  # the top-level set lines and shortcuts, as KEY=VALUE (for the leaderboard's notes)
     cells: list[Cell]
+    compare: dict[str, str] = field(default_factory=dict)  # method label → its baseline's label
 
     def select(self, only: list[str] | None) -> list[Cell]:
         """The cells of the methods named in ``only``, all when None. A name is an entry's label, else a method
@@ -418,9 +422,28 @@ def load_grid(source: str | Path, out: str | Path | None = None) -> Grid:
         notes=_strings(data.get("notes"), f"{where}: notes"),
         common=common,
         cells=[],
+        compare=_compare(data.get("compare"), [m.label for m in methods], f"{where}: compare"),
     )
     grid.cells = [_cell(grid, m, d, b, s, where) for d in datasets for b in backbones for m in methods for s in seeds]
     return grid
+
+
+def _compare(value: Any, labels: list[str], where: str) -> dict[str, str]:
+    """The ``compare`` mapping: method label → baseline label, both labels of the grid's methods."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: expected a mapping of method label → baseline label, got {value!r}")
+    pairs = {}
+    for method, baseline in value.items():
+        for label in (method, baseline):
+            if not isinstance(label, str) or label not in labels:
+                known = ", ".join(labels)
+                raise InputError(f"{where}: {label!r} is not a method label of this grid; its methods: {known}")
+        if method == baseline:
+            raise InputError(f"{where}: {method!r} is compared with itself")
+        pairs[method] = baseline
+    return pairs
 
 
 def _flow(value: Any) -> str:

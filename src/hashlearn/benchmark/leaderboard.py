@@ -5,6 +5,9 @@ method's best run, the table for the terminal, and a README section generated fr
 A row is one method entry at one code length (per dataset and backbone entry when the grid has several): the
 mean over the seeds with a finished run (``seeds``) of mAP@all, mAP@1000, P@r2 (and the config's ``metrics``),
 their sample standard deviation (n − 1; None with one seed) as ``<metric>_std``, and the mean training seconds.
+A method the config's ``compare`` pairs with a baseline also gets ``baseline`` (its label) and
+``mAP@all_vs_baseline`` (its mAP@all ÷ the baseline's at the same code length, dataset and backbone), and the
+leaderboard says in words where it beats the baseline and where it does not (:func:`comparison_lines`).
 """
 
 from __future__ import annotations
@@ -86,7 +89,48 @@ def leaderboard_rows(grid: Grid, found: dict) -> list[dict]:
                     if several_backbones:
                         row["backbone"] = b.label
                     rows.append(row)
+    add_baselines(rows, grid.compare)
     return rows
+
+
+def add_baselines(rows: list[dict], compare: dict[str, str]) -> None:
+    """Give each row of a method in ``compare`` its ``baseline`` and ``mAP@all_vs_baseline`` (None where the
+    baseline has no finished run or a zero mAP@all at that code length)."""
+    at = {(r.get("dataset"), r.get("backbone"), r["method"], r["bits"]): r for r in rows}
+    for row in rows:
+        baseline = compare.get(row["method"])
+        if baseline is None:
+            continue
+        other = at.get((row.get("dataset"), row.get("backbone"), baseline, row["bits"]))
+        mine, theirs = _number(row.get("mAP@all")), _number(other.get("mAP@all")) if other else None
+        row["baseline"] = baseline
+        row["mAP@all_vs_baseline"] = mine / theirs if mine is not None and theirs else None
+
+
+def comparison_lines(rows: list[dict]) -> list[str]:
+    """One sentence per compared method (and dataset/backbone entry): its mAP@all ÷ its baseline's at each code
+    length, and plainly whether it beats the baseline at all of them, some, or none."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row.get("baseline") is not None:
+            groups.setdefault((row.get("dataset"), row.get("backbone"), row["method"], row["baseline"]), []).append(row)
+    lines = []
+    for (dataset, backbone, method, baseline), group in groups.items():
+        measured = [(r["bits"], r["mAP@all_vs_baseline"]) for r in group if _number(r.get("mAP@all_vs_baseline"))]
+        where = "".join(f" ({x})" for x in (dataset, backbone) if x)
+        if not measured:
+            lines.append(f"`{method}` against its baseline `{baseline}`{where}: no code length where both finished")
+            continue
+        ratios = ", ".join(f"{ratio:.2f}× at {bits} bits" for bits, ratio in measured)
+        wins = [bits for bits, ratio in measured if ratio > 1]
+        if len(wins) == len(measured):
+            verdict = f"beats `{baseline}` at every code length"
+        elif not wins:
+            verdict = f"does not beat `{baseline}` at any code length"
+        else:
+            verdict = f"beats `{baseline}` only at {', '.join(map(str, wins))} bits"
+        lines.append(f"`{method}` against its baseline `{baseline}`{where}, mAP@all ratio: {ratios}: {verdict}")
+    return lines
 
 
 def plot_best_runs(grid: Grid, found: dict, results_dir: Path) -> list[tuple[str, Path]]:
@@ -222,7 +266,7 @@ def write_leaderboard(grid: Grid, results_dir: str | Path, command: str) -> dict
         for b in c.config.bits
         if bits_status(c, b) != "done"
     ]
-    notes = list(grid.notes)
+    notes = list(grid.notes) + comparison_lines(rows)
     notes.append(
         f"grid: {len(grid.methods)} methods × {len(grid.bits)} code lengths ({', '.join(map(str, grid.bits))})"
         f" × {len(grid.datasets)} dataset(s) × {len(grid.backbones)} backbone(s) × {len(grid.seeds)} seed(s)"
@@ -319,12 +363,16 @@ def compact_table(doc: dict) -> list[str]:
     for row in rows:
         metrics += [k.removesuffix("_std") for k in row if k.endswith("_std") and k.removesuffix("_std") not in metrics]
     lead = [k for k in ("dataset", "backbone") if any(k in r for r in rows)]
-    head = [*lead, "method", "bits", *metrics, "train s", "seeds"]
+    versus = any(r.get("baseline") is not None for r in rows)
+    head = [*lead, "method", "bits", *metrics, *(["÷ baseline"] if versus else []), "train s", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         seconds = _number(r.get("train_seconds"))
         cells = [str(r.get(k, "")) for k in lead] + [str(r.get("method")), str(r.get("bits"))]
         cells += [_mean_pm(r, k) for k in metrics]
+        if versus:
+            ratio = _number(r.get("mAP@all_vs_baseline"))
+            cells.append("" if r.get("baseline") is None else "–" if ratio is None else f"{ratio:.2f}× {r['baseline']}")
         cells += [
             "–" if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}",
             str(r.get("seeds", "–")),
@@ -364,6 +412,10 @@ def readme_section(name: str, config: str, json_path: Path, readme: Path) -> str
             *compact_table(doc),
             "",
         ]
+        verdicts = comparison_lines(doc.get("rows") or [])
+        if verdicts:
+            lines += ["Against the baselines the config compares them with (`÷ baseline`: the ratio of mAP@all):", ""]
+            lines += [f"* {v}" for v in verdicts] + [""]
     lines.append(end)
     return "\n".join(lines)
 
