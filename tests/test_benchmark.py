@@ -545,13 +545,16 @@ def test_sigterm_stops_the_cell_processes_and_their_runs_resume_later(tmp_path, 
         text=True,
     )
     children_file = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
-    deadline, children = time.monotonic() + 60, []
+    # both cells training (epoch 1 done); a loaded machine may take long to start two torch processes
+    deadline, children, training = time.monotonic() + 300, [], False
     while time.monotonic() < deadline and parent.poll() is None:
-        if all((c / "8bits" / "log.jsonl").is_file() for c in cells):  # both are training (epoch 1 done)
+        if all((c / "8bits" / "log.jsonl").is_file() for c in cells):
             children = [int(p) for p in children_file.read_text().split()] if children_file.is_file() else []
+            training = True
             break
         time.sleep(0.1)
     parent.send_signal(signal.SIGTERM)
+    assert training, "the two cells did not start training within 300 s"
     _, err = parent.communicate(timeout=60)
     assert parent.returncode != 0 and "stopped 2 cell(s)" in err and "their runs resume at the next call" in err
     assert len(children) == 2 or not children_file.is_file()
