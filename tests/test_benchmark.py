@@ -594,10 +594,10 @@ def test_the_ratio_to_the_baseline_and_the_verdict_in_words():
         {"method": m, "bits": b, "mAP@all": v}
         for m, b, v in [
             ("a", 16, 0.50), ("a", 32, 0.30), ("b", 16, 0.40), ("b", 32, 0.60),
-            ("c", 16, 0.90), ("c", 32, 0.90), ("d", 16, 0.10), ("e", 16, None),
+            ("c", 16, 0.90), ("c", 32, 0.90), ("d", 16, 0.10), ("e", 16, None), ("f", 16, 0.0),
         ]
     ]  # fmt: skip
-    add_baselines(rows, {"a": "b", "c": "b", "d": "b", "e": "b"})
+    add_baselines(rows, {"a": "b", "c": "b", "d": "b", "e": "b", "f": "b"})
     by = {(r["method"], r["bits"]): r for r in rows}
     assert by["a", 16]["baseline"] == "b" and by["a", 16]["mAP@all_vs_baseline"] == pytest.approx(1.25)
     assert by["a", 32]["mAP@all_vs_baseline"] == pytest.approx(0.5)
@@ -609,6 +609,7 @@ def test_the_ratio_to_the_baseline_and_the_verdict_in_words():
         "length",
         "`d` against its baseline `b`, mAP@all ratio: 0.25× at 16 bits: does not beat `b` at any code length",
         "`e` against its baseline `b`: no code length where both finished",
+        "`f` against its baseline `b`, mAP@all ratio: 0.00× at 16 bits: does not beat `b` at any code length",
     ]
 
 

@@ -116,7 +116,8 @@ def comparison_lines(rows: list[dict]) -> list[str]:
             groups.setdefault((row.get("dataset"), row.get("backbone"), row["method"], row["baseline"]), []).append(row)
     lines = []
     for (dataset, backbone, method, baseline), group in groups.items():
-        measured = [(r["bits"], r["mAP@all_vs_baseline"]) for r in group if _number(r.get("mAP@all_vs_baseline"))]
+        ratios_at = [(r["bits"], _number(r.get("mAP@all_vs_baseline"))) for r in group]
+        measured = [(bits, ratio) for bits, ratio in ratios_at if ratio is not None]
         where = "".join(f" ({x})" for x in (dataset, backbone) if x)
         if not measured:
             lines.append(f"`{method}` against its baseline `{baseline}`{where}: no code length where both finished")
